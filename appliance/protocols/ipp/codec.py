@@ -365,15 +365,23 @@ def check_version(message: Message) -> None:
         )
 
 
+def _parse_head(buf: bytes) -> tuple[Message, int]:
+    """`_decode_attributes` with every failure turned into `ParseError` (or `_Incomplete`)."""
+    try:
+        return _decode_attributes(buf)
+    except (struct.error, IndexError, ValueError, RecursionError) as exc:  # pragma: no cover
+        # Defensive: the reader checks every length, so none of these is expected.
+        raise ParseError(f"malformed IPP message: {exc}") from None
+
+
 def decode(buf: bytes) -> Message:
     """Decode a whole message (attributes and document data)."""
+    buf = bytes(buf)
     try:
-        message, offset = _decode_attributes(buf)
+        message, offset = _parse_head(buf)
     except _Incomplete:
         raise ParseError("truncated IPP message") from None
-    except (struct.error, IndexError) as exc:  # pragma: no cover - defensive
-        raise ParseError(f"malformed IPP message: {exc}") from None
-    message.data = bytes(buf[offset:])
+    message.data = buf[offset:]
     return message
 
 
@@ -391,12 +399,26 @@ class Decoder:
     The document after the attributes may be hundreds of megabytes, so the
     server must stream it to the spool rather than hold it; this is the
     h11-style core that makes that possible without any socket code.
+
+    While the head is incomplete, each `feed` only frames the new bytes
+    (tag, name length, value length: a resumable scan), so a head trickled in
+    one octet at a time costs linear, not quadratic, time; the attributes are
+    decoded once, when the end-of-attributes tag has arrived. Framing errors
+    that need no decoding (tag 0x00, an attribute before any group) are raised
+    as soon as they arrive. The result is the same as `decode` on the whole
+    body, however the body is split.
+
+    An attribute section (header through end-of-attributes-tag) longer than
+    `max_attributes_size` is refused with client-error-request-value-too-long,
+    whether it arrives in one piece or many.
     """
 
     def __init__(self, max_attributes_size: int = MAX_ATTRIBUTES_SIZE) -> None:
         self._buf = bytearray()
         self._head_done = False
         self._max = max_attributes_size
+        self._scan = 8  # offset of the next unframed tag (after the 8-octet header)
+        self._in_group = False
 
     @property
     def head_done(self) -> bool:
@@ -406,14 +428,18 @@ class Decoder:
         if self._head_done:
             return [DocumentData(bytes(data))] if data else []
         self._buf += data
-        try:
-            message, offset = _decode_attributes(bytes(self._buf))
-        except _Incomplete:
+        end = self._frame()
+        if end is None:
             if len(self._buf) > self._max:
-                raise ParseError(
-                    "attribute section too large", Status.CLIENT_ERROR_REQUEST_VALUE_TOO_LONG
-                ) from None
+                raise self._too_large()
             return []
+        if end > self._max:
+            raise self._too_large()
+        head = bytes(self._buf[:end])
+        try:
+            message, offset = _parse_head(head)
+        except _Incomplete:  # pragma: no cover - the framing scan found the end
+            raise ParseError("truncated IPP message") from None
         self._head_done = True
         events: list[MessageHead | DocumentData] = [MessageHead(message)]
         rest = bytes(self._buf[offset:])
@@ -427,6 +453,42 @@ class Decoder:
         if not self._head_done:
             raise ParseError("truncated IPP message")
 
+    def _too_large(self) -> ParseError:
+        return ParseError(
+            f"attribute section larger than {self._max} octets",
+            Status.CLIENT_ERROR_REQUEST_VALUE_TOO_LONG,
+        )
+
+    def _frame(self) -> int | None:
+        """Advance the framing scan; the offset after end-of-attributes-tag, or None."""
+        buf = self._buf
+        size = len(buf)
+        pos = self._scan
+        while pos < size:
+            tag = buf[pos]
+            if tag == GroupTag.END:
+                return pos + 1
+            if tag < 0x10:
+                if tag == 0x00:
+                    raise ParseError("reserved delimiter tag 0x00")
+                self._in_group = True
+                pos += 1
+                continue
+            if not self._in_group:
+                raise ParseError("attribute before any group tag")
+            at = pos + (5 if tag == ValueTag.EXTENSION else 1)
+            if at + 2 > size:
+                break
+            at += 2 + ((buf[at] << 8) | buf[at + 1])  # name
+            if at + 2 > size:
+                break
+            at += 2 + ((buf[at] << 8) | buf[at + 1])  # value
+            if at > size:
+                break
+            pos = at
+        self._scan = pos
+        return None
+
 
 # ---------------------------------------------------------------- encoding
 
@@ -435,6 +497,22 @@ def _length(data: bytes, what: str) -> bytes:
     if len(data) > MAX_VALUE_LENGTH:
         raise EncodeError(f"{what} is {len(data)} octets; IPP carries at most {MAX_VALUE_LENGTH}")
     return struct.pack(">H", len(data))
+
+
+def _utf8(text: str, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise EncodeError(f"{what} must be a str, not {text!r}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodeError(f"{what} {text!r} cannot be encoded as UTF-8") from None
+
+
+def _pack(fmt: str, value: Any, what: str) -> bytes:
+    try:
+        return struct.pack(fmt, *value)
+    except (struct.error, TypeError) as exc:
+        raise EncodeError(f"cannot encode {value!r} as {what}: {exc}") from None
 
 
 def _encode_value(tag: int, value: Any) -> bytes:
@@ -447,70 +525,110 @@ def _encode_value(tag: int, value: Any) -> bytes:
             raise EncodeError(f"integer {value} does not fit in 32 bits")
         return struct.pack(">i", value)
     if tag == ValueTag.BOOLEAN:
+        if not isinstance(value, int) or value not in (0, 1):
+            raise EncodeError(f"boolean tag needs a bool, not {value!r}")
         return b"\x01" if value else b"\x00"
     if tag == ValueTag.DATE_TIME:
         if isinstance(value, datetime):
             value = DateTime.from_datetime(value)
-        if not isinstance(value, DateTime) or len(value.raw) != 11:
+        if not isinstance(value, DateTime) or not isinstance(value.raw, bytes | bytearray) \
+                or len(value.raw) != 11:
             raise EncodeError("dateTime needs a DateTime of 11 octets")
-        return value.raw
+        return bytes(value.raw)
     if tag == ValueTag.RESOLUTION:
-        return struct.pack(">iib", *value)
+        return _pack(">iib", value, "resolution")
     if tag == ValueTag.RANGE_OF_INTEGER:
-        return struct.pack(">ii", *value)
+        return _pack(">ii", value, "rangeOfInteger")
     if tag in (ValueTag.TEXT_WITH_LANGUAGE, ValueTag.NAME_WITH_LANGUAGE):
-        language = value.language.encode("utf-8")
-        text = value.text.encode("utf-8")
+        if not isinstance(value, tuple) or len(value) != 2:
+            raise EncodeError(f"textWithLanguage/nameWithLanguage needs a StringWithLanguage, "
+                              f"not {value!r}")
+        language = _utf8(value[0], "language")
+        text = _utf8(value[1], "text")
         return _length(language, "language") + language + _length(text, "text") + text
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value, "value")
     if isinstance(value, bytes | bytearray):
         return bytes(value)
     raise EncodeError(f"cannot encode {value!r} with tag 0x{tag:02x}")
 
 
-def _encode_one(out: bytearray, tag: int, name: str, value: Any) -> None:
-    name_bytes = name.encode("utf-8")
-    if tag == ValueTag.BEG_COLLECTION:
-        out += bytes([tag]) + _length(name_bytes, "name") + name_bytes + b"\x00\x00"
-        _encode_collection(out, value)
-        return
-    raw = _encode_value(tag, value)
+def _check_value_tag(tag: Any) -> None:
+    if isinstance(tag, bool) or not isinstance(tag, int) or not 0x10 <= tag <= 0xFF:
+        raise EncodeError(f"{tag!r} is not a value tag")
     if tag == ValueTag.EXTENSION:
         raise EncodeError("extension tags are not encoded")
+    if tag in (ValueTag.END_COLLECTION, ValueTag.MEMBER_ATTR_NAME):
+        raise EncodeError("endCollection and memberAttrName are written by the encoder itself")
+
+
+def _encode_one(out: bytearray, tag: int, name: str, value: Any, depth: int) -> None:
+    _check_value_tag(tag)
+    name_bytes = _utf8(name, "attribute name")
+    if tag == ValueTag.BEG_COLLECTION:
+        out += bytes([tag]) + _length(name_bytes, "name") + name_bytes + b"\x00\x00"
+        _encode_collection(out, value, depth + 1)
+        return
+    raw = _encode_value(tag, value)
     out += bytes([tag]) + _length(name_bytes, "name") + name_bytes + _length(raw, "value") + raw
 
 
-def _encode_collection(out: bytearray, members: dict[str, Attribute]) -> None:
+def _value_pairs(attribute: Any) -> list[tuple[int, Any]]:
+    """(tag, value) for each value of an attribute, checked for shape."""
+    if not isinstance(attribute, Attribute):
+        raise EncodeError(f"{attribute!r} is not an Attribute")
+    if not attribute.values:
+        raise EncodeError(f"attribute {attribute.name!r} has no value")
+    tags = attribute.value_tags()
+    if len(tags) != len(attribute.values):
+        raise EncodeError(f"attribute {attribute.name!r} has {len(attribute.values)} values "
+                          f"but {len(tags)} tags")
+    return list(zip(tags, attribute.values, strict=True))
+
+
+def _encode_collection(out: bytearray, members: Any, depth: int) -> None:
+    if not isinstance(members, dict):
+        raise EncodeError(f"begCollection needs a dict of member attributes, not {members!r}")
+    if depth > MAX_COLLECTION_DEPTH:
+        # We would refuse to decode it ourselves (and a cycle would never end).
+        raise EncodeError(f"collections nested deeper than {MAX_COLLECTION_DEPTH}")
     for member in members.values():
-        member_name = member.name.encode("utf-8")
-        for i, (tag, value) in enumerate(zip(member.value_tags(), member.values, strict=True)):
+        pairs = _value_pairs(member)
+        member_name = _utf8(member.name, "member name")
+        if not member_name:
+            raise EncodeError("collection member with an empty name")
+        for i, (tag, value) in enumerate(pairs):
             if i == 0:
                 out += bytes([ValueTag.MEMBER_ATTR_NAME]) + b"\x00\x00"
                 out += _length(member_name, "member name") + member_name
-            _encode_one(out, tag, "", value)
+            _encode_one(out, tag, "", value, depth)
     out += bytes([ValueTag.END_COLLECTION]) + b"\x00\x00\x00\x00"
 
 
 def encode_attributes(message: Message) -> bytes:
     """Header and attribute groups, up to and including end-of-attributes."""
     out = bytearray()
-    out += struct.pack(">BBHi", message.version[0], message.version[1], message.code,
-                       message.request_id)
+    out += _pack(">BBHi", (*message.version, message.code, message.request_id), "header")
     for group in message.groups:
+        if isinstance(group.tag, bool) or not isinstance(group.tag, int) \
+                or not 0x01 <= group.tag <= 0x0F or group.tag == GroupTag.END:
+            raise EncodeError(f"{group.tag!r} is not a group tag")
         out.append(group.tag)
         for attribute in group.attributes.values():
-            if not attribute.values:
-                raise EncodeError(f"attribute {attribute.name} has no value")
-            tags = attribute.value_tags()
-            for i, (tag, value) in enumerate(zip(tags, attribute.values, strict=True)):
-                _encode_one(out, tag, attribute.name if i == 0 else "", value)
+            pairs = _value_pairs(attribute)
+            if not attribute.name:
+                # An empty name would make the first value an extra value of the previous one.
+                raise EncodeError("attribute with an empty name")
+            for i, (tag, value) in enumerate(pairs):
+                _encode_one(out, tag, attribute.name if i == 0 else "", value, 0)
     out.append(GroupTag.END)
     return bytes(out)
 
 
 def encode(message: Message) -> bytes:
-    return encode_attributes(message) + message.data
+    if not isinstance(message.data, bytes | bytearray | memoryview):
+        raise EncodeError(f"document data must be bytes, not {type(message.data).__name__}")
+    return encode_attributes(message) + bytes(message.data)
 
 
 # ---------------------------------------------------------------- building
