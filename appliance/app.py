@@ -1,0 +1,136 @@
+"""The composition root: builds every service of a site from its configuration.
+
+Nothing else constructs services; everything else receives what it needs.
+The reactor is injected so that tests can build a site on a fake one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.web import resource, server
+
+from appliance.config import SiteConfig
+from appliance.core.accounting import AccountingService
+from appliance.core.auth import AuthService
+from appliance.core.charging import CostPolicy
+from appliance.core.credentials import CardKey, SessionTable, Throttle, password_hasher
+from appliance.core.jobs import FINDME, PrintService
+from appliance.core.model import Device, Queue
+from appliance.core.release import ReleaseService
+from appliance.protocols.http.device_api import DeviceApi
+from appliance.protocols.ipp.client import IppClient
+from appliance.protocols.ipp.driver import IppDriver
+from appliance.storage.database import Database
+from appliance.storage.spool import Spool
+from appliance.storage.store import SiteStore, configure_sync
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+def devices_from(config: SiteConfig) -> list[Device]:
+    return [Device(d.name, d.protocol, d.uri, d.colour, d.duplex, d.cost_policy, True)
+            for d in config.devices]
+
+
+@dataclass
+class Site:
+    config: SiteConfig
+    reactor: Any
+    database: Database
+    store: SiteStore
+    spool: Spool
+    jobs: PrintService
+    release: ReleaseService
+    auth: AuthService
+    accounting: AccountingService
+    ipp_client: IppClient
+    ipp_root: resource.Resource
+    device_api: DeviceApi
+    ports: dict[str, Any] = field(default_factory=dict)
+    _expiry: task.LoopingCall | None = None
+
+    def listen(self) -> dict[str, int]:
+        """Open the IPP and device-API ports; returns the bound port numbers."""
+        ipp = self.reactor.listenTCP(self.config.ipp.port, server.Site(self.ipp_root),
+                                     interface=self.config.ipp.host)
+        api_root = resource.Resource()
+        v1 = resource.Resource()
+        api_root.putChild(b"api", v1)
+        v1.putChild(b"v1", self.device_api)
+        api = self.reactor.listenTCP(self.config.device_api.port, server.Site(api_root),
+                                     interface=self.config.device_api.host)
+        self.ports = {"ipp": ipp, "device_api": api}
+        return {name: port.getHost().port for name, port in self.ports.items()}
+
+    async def start(self) -> dict[str, int]:
+        await self.jobs.recover()
+        await self.release.recover()
+        self._expiry = task.LoopingCall(self._expire)
+        self._expiry.clock = self.reactor
+        self._expiry.start(self.config.jobs.expire_interval, now=True)
+        return self.listen()
+
+    def _expire(self) -> defer.Deferred[None]:
+        d = defer.ensureDeferred(self.jobs.expire_held())
+        d.addErrback(lambda f: log.error("expiring held jobs failed: %s", f.getTraceback()))
+        return d.addCallback(lambda _: None)
+
+    async def stop(self) -> None:
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        for port in self.ports.values():
+            await port.stopListening()
+        await self.ipp_client.close()
+        self.database.close()
+
+
+def build_site(config: SiteConfig, reactor: Any) -> Site:
+    """Open the database (migrating it) and build every service of a site."""
+    from appliance.protocols.ipp.server import build_ipp_root
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(config.database_path, reactor)
+    database.open()
+    devices = devices_from(config)
+    database.run_sync(lambda db: configure_sync(db, devices, config.cost_policies))
+    store = SiteStore(database)
+    by_name = {d.name: d for d in devices}
+
+    def policy_for(device: str | None) -> CostPolicy:
+        name = by_name[device].cost_policy if device in by_name else "default"
+        return config.cost_policies.get(name, config.cost_policies["default"])
+
+    spool = Spool(config.spool_dir, max_document=int(config.jobs.max_document_mb * MB),
+                  max_per_user=int(config.jobs.max_user_mb * MB),
+                  max_total=int(config.jobs.max_total_mb * MB))
+    queues = [Queue(FINDME, "findme", None, "Find-Me: release at any printer of the site")]
+    queues += [Queue(d.name, "direct", d.name, f"Direct queue of {d.name}") for d in devices]
+    jobs = PrintService(store=store, spool=spool, queues=queues, policies=policy_for,
+                        reactor=reactor, hold_ttl=config.jobs.hold_hours * 3600,
+                        use_ghostscript=config.jobs.use_ghostscript)
+    ipp_client = IppClient(reactor)
+    release = ReleaseService(jobs=jobs, store=store, drivers={"ipp": IppDriver(ipp_client)},
+                             devices=lambda: by_name, policies=policy_for, reactor=reactor,
+                             poll_interval=config.release.poll_interval,
+                             follow_timeout=config.release.follow_timeout)
+    jobs.on_ready = release.print_direct
+    hasher = password_hasher(config.auth.argon2_time_cost, config.auth.argon2_memory_kib)
+    auth = AuthService(
+        store=store, card_key=CardKey.load_or_create(config.card_key_path), hasher=hasher,
+        sessions=SessionTable(idle_timeout=config.auth.session_idle,
+                              max_age=config.auth.session_max_age),
+        throttle=Throttle(max_failures=config.auth.max_failures,
+                          window=config.auth.failure_window, lockout=config.auth.lockout),
+    )
+    accounting = AccountingService(store=store, policies=policy_for)
+    device_api = DeviceApi(auth=auth, jobs=jobs, release=release, accounting=accounting,
+                           devices=lambda: by_name.keys())
+    return Site(config=config, reactor=reactor, database=database, store=store, spool=spool,
+                jobs=jobs, release=release, auth=auth, accounting=accounting,
+                ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api)

@@ -1,0 +1,261 @@
+"""Configuration: one TOML file, one class per section, every error reported at once.
+
+A mistake is reported with its path in the file (`devices[1].uri: ...`), and
+all mistakes together, so that an installer fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
+
+DEFAULT_IPP_PORT = 8631
+DEFAULT_DEVICE_API_PORT = 8632
+
+
+class ConfigError(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("configuration errors:\n" + "\n".join(f"  {e}" for e in errors))
+        self.errors = errors
+
+
+class _Reader:
+    """Reads typed values out of nested dicts, collecting errors instead of raising."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def get(self, table: dict[str, Any], path: str, key: str, kind: type | tuple[type, ...],
+            default: Any = None, required: bool = False) -> Any:
+        where = f"{path}.{key}" if path else key
+        if key not in table:
+            if required:
+                self.errors.append(f"{where}: required")
+            return default
+        value = table[key]
+        if kind is int and isinstance(value, bool):
+            self.errors.append(f"{where}: expected an integer, got {value!r}")
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(
+                k.__name__ for k in kind)
+            self.errors.append(f"{where}: expected {expected}, got {value!r}")
+            return default
+        return value
+
+    def table(self, table: dict[str, Any], path: str, key: str) -> dict[str, Any]:
+        value = self.get(table, path, key, dict, {})
+        return value if isinstance(value, dict) else {}
+
+    def positive(self, value: Any, where: str) -> None:
+        if isinstance(value, int | float) and value <= 0:
+            self.errors.append(f"{where}: must be positive")
+
+    def unknown(self, table: dict[str, Any], path: str, known: set[str]) -> None:
+        for key in table:
+            if key not in known:
+                self.errors.append(f"{path + '.' if path else ''}{key}: unknown setting")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    uri: str
+    protocol: str = "ipp"
+    colour: bool = True
+    duplex: bool = True
+    cost_policy: str = "default"
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    hold_hours: float = 24.0
+    max_document_mb: float = 256.0
+    max_user_mb: float = 1024.0
+    max_total_mb: float = 8192.0
+    expire_interval: float = 60.0
+    use_ghostscript: bool = True
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    poll_interval: float = 0.25
+    follow_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    session_idle: float = 300.0
+    session_max_age: float = 3600.0
+    max_failures: int = 5
+    failure_window: float = 300.0
+    lockout: float = 60.0
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    role: str
+    name: str
+    state_dir: Path
+    secrets_dir: Path
+    ipp: Listen
+    device_api: Listen
+    jobs: JobsConfig
+    release: ReleaseConfig
+    auth: AuthConfig
+    cost_policies: dict[str, CostPolicy]
+    devices: list[DeviceConfig] = field(default_factory=list)
+    log_level: str = "INFO"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "outpost.sqlite3"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def card_key_path(self) -> Path:
+        return self.secrets_dir / "card-hmac.key"
+
+
+def _listen(r: _Reader, root: dict[str, Any], key: str, default_port: int) -> Listen:
+    table = r.table(root, "", key)
+    r.unknown(table, key, {"host", "port"})
+    host = r.get(table, key, "host", str, "127.0.0.1")
+    port = r.get(table, key, "port", int, default_port)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        r.errors.append(f"{key}.port: must be 0..65535")
+    return Listen(host, port)
+
+
+def _rates(r: _Reader, table: dict[str, Any], path: str) -> Rates:
+    r.unknown(table, path, {"mono", "colour", "duplex_mono", "duplex_colour"})
+    values = {}
+    for name in ("mono", "colour", "duplex_mono", "duplex_colour"):
+        value = r.get(table, path, name, int, None, required=name in ("mono", "colour"))
+        if isinstance(value, int) and value < 0:
+            r.errors.append(f"{path}.{name}: must not be negative")
+        values[name] = value
+    return Rates(mono=values["mono"] or 0, colour=values["colour"] or 0,
+                 duplex_mono=values["duplex_mono"], duplex_colour=values["duplex_colour"])
+
+
+def _policy(r: _Reader, table: dict[str, Any], path: str) -> CostPolicy:
+    r.unknown(table, path, {"default", "sizes", "copy", "scan", "fax"})
+    default = _rates(r, r.table(table, path, "default"), f"{path}.default")
+    sizes = {name: _rates(r, body if isinstance(body, dict) else {}, f"{path}.sizes.{name}")
+             for name, body in r.table(table, path, "sizes").items()}
+    copy_table = r.table(table, path, "copy")
+    copy = _rates(r, copy_table, f"{path}.copy") if copy_table else None
+    return CostPolicy(default=default, sizes=sizes, copy=copy,
+                      scan=r.get(table, path, "scan", int, 0), fax=r.get(table, path, "fax", int, 0))
+
+
+def _section(r: _Reader, root: dict[str, Any], key: str, cls: type) -> Any:
+    table = r.table(root, "", key)
+    defaults = cls()
+    known = set(defaults.__dataclass_fields__)
+    r.unknown(table, key, known)
+    values = {}
+    for name in known:
+        default = getattr(defaults, name)
+        value = r.get(table, key, name, type(default), default)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            r.positive(value, f"{key}.{name}")
+        values[name] = value
+    return cls(**values)
+
+
+def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
+    r = _Reader()
+    r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
+                         "release", "auth", "cost_policy", "devices", "log_level"})
+    role = r.get(root, "", "role", str, "site")
+    if role not in ("site",):
+        r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site')")
+    name = r.get(root, "", "name", str, "site", required=True)
+    state_dir = Path(r.get(root, "", "state_dir", str, "/var/lib/outpost"))
+    secrets_dir = Path(r.get(root, "", "secrets_dir", str, str(state_dir.parent / "secrets")))
+    if base_dir is not None:
+        state_dir = base_dir / state_dir
+        secrets_dir = base_dir / secrets_dir
+    if secrets_dir.resolve() == state_dir.resolve() or state_dir.resolve() in (
+        secrets_dir.resolve().parents
+    ):
+        r.errors.append("secrets_dir: must not be inside state_dir (keys stay apart from data)")
+    policies: dict[str, CostPolicy] = {}
+    for policy_name, body in r.table(root, "", "cost_policy").items():
+        if not isinstance(body, dict):
+            r.errors.append(f"cost_policy.{policy_name}: expected a table")
+            continue
+        policies[policy_name] = _policy(r, body, f"cost_policy.{policy_name}")
+    policies.setdefault("default", LAB_POLICY)
+    devices: list[DeviceConfig] = []
+    raw_devices = r.get(root, "", "devices", list, [])
+    seen: set[str] = set()
+    for i, body in enumerate(raw_devices):
+        path = f"devices[{i}]"
+        if not isinstance(body, dict):
+            r.errors.append(f"{path}: expected a table")
+            continue
+        r.unknown(body, path, {"name", "uri", "protocol", "colour", "duplex", "cost_policy"})
+        device = DeviceConfig(
+            name=r.get(body, path, "name", str, "", required=True),
+            uri=r.get(body, path, "uri", str, "", required=True),
+            protocol=r.get(body, path, "protocol", str, "ipp"),
+            colour=r.get(body, path, "colour", bool, True),
+            duplex=r.get(body, path, "duplex", bool, True),
+            cost_policy=r.get(body, path, "cost_policy", str, "default"),
+        )
+        if device.name in seen:
+            r.errors.append(f"{path}.name: {device.name!r} is used twice")
+        if device.name == "findme":
+            r.errors.append(f"{path}.name: 'findme' is the Find-Me queue's name")
+        seen.add(device.name)
+        if device.protocol != "ipp":
+            r.errors.append(f"{path}.protocol: only 'ipp' is supported in this build")
+        if device.uri and not device.uri.startswith(("ipp://", "ipps://")):
+            r.errors.append(f"{path}.uri: expected an ipp:// or ipps:// URI")
+        if device.cost_policy not in policies:
+            r.errors.append(f"{path}.cost_policy: no cost_policy named {device.cost_policy!r}")
+        devices.append(device)
+    config = SiteConfig(
+        role=role, name=name, state_dir=state_dir, secrets_dir=secrets_dir,
+        ipp=_listen(r, root, "ipp", DEFAULT_IPP_PORT),
+        device_api=_listen(r, root, "device_api", DEFAULT_DEVICE_API_PORT),
+        jobs=_section(r, root, "jobs", JobsConfig),
+        release=_section(r, root, "release", ReleaseConfig),
+        auth=_section(r, root, "auth", AuthConfig),
+        cost_policies=policies, devices=devices,
+        log_level=r.get(root, "", "log_level", str, "INFO"),
+    )
+    if r.errors:
+        raise ConfigError(r.errors)
+    return config
+
+
+def load(path: Path) -> SiteConfig:
+    try:
+        with open(path, "rb") as f:
+            root = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    return parse(root)

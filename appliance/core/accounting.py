@@ -1,0 +1,64 @@
+"""Balances, copy authorisation and device usage (copy, scan, fax) charging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.core.charging import CostPolicy, affordable, usage_rate
+
+
+class UsageError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class CopyAuthorisation:
+    allowed: bool
+    max_pages: int
+    cost_per_page: int
+    cost: int
+    balance: int
+
+
+@dataclass(frozen=True)
+class UsageCharge:
+    charged: int
+    balance: int
+    duplicate: bool
+
+
+class AccountingService:
+    def __init__(self, *, store: Any, policies: Callable[[str | None], CostPolicy]) -> None:
+        self.store = store
+        self.policies = policies
+
+    async def balance(self, account_id: int) -> int:
+        balance, _ = await self.store.balance(account_id)
+        return int(balance)
+
+    async def authorise_copy(self, *, account_id: int, device: str, pages: int, colour: bool,
+                             sides: str) -> CopyAuthorisation:
+        """How many of `pages` the user may copy now. Nothing is reserved."""
+        per_page = usage_rate(self.policies(device), "copy", colour=colour, sides=sides)
+        balance, overdraft = await self.store.balance(account_id)
+        max_pages = affordable(balance, overdraft, per_page, pages)
+        return CopyAuthorisation(max_pages == pages, max_pages, per_page, per_page * pages,
+                                 balance)
+
+    async def report_usage(self, *, usage_id: str, device: str, user_id: int, account_id: int,
+                           kind: str, pages: int, colour: bool, sides: str) -> UsageCharge:
+        """Charge reported usage once per device-made id; a different body is a conflict."""
+        per_page = usage_rate(self.policies(device), kind, colour=colour, sides=sides)
+        body = {"device": device, "kind": kind, "pages": pages, "colour": colour,
+                "sides": sides, "user_id": user_id}
+        result = await self.store.post_usage(
+            usage_id=usage_id, device=device, user_id=user_id, account_id=account_id, kind=kind,
+            pages=pages, colour=colour, sides=sides, cost=per_page * pages, body=body,
+        )
+        if not result.body_matches:
+            raise UsageError("conflict", f"usage id {usage_id} was reported with another body")
+        return UsageCharge(result.amount, result.balance, not result.inserted)

@@ -1,0 +1,286 @@
+"""Secure print release: send a held job to the MFD its owner stands at, follow it, charge it.
+
+Exactly-once charging rests on three things:
+- a job moves HELD → PROCESSING with a conditional update, so two MFDs
+  cannot both take it;
+- the charge and the job's next state are one transaction (`finish_print`);
+- the ledger entry id is `print:<job uuid>:<attempt>`, so replaying the same
+  attempt after a crash cannot add a second row.
+
+A print that fails before any page charges nothing and the job is held again,
+releasable at another MFD. A jam after k pages charges the k impressions the
+MFD reports and the job is held again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.internet import defer, task
+
+from appliance.core.charging import CostPolicy, affordable, price_impressions
+from appliance.core.jobs import FINDME, JobError, PrintService
+from appliance.core.model import Device, Job, JobState
+
+log = logging.getLogger(__name__)
+
+
+class DeviceUnavailable(Exception):
+    """Nothing was printed: the device could not be reached or refused the job."""
+
+
+@dataclass(frozen=True)
+class DeviceJobStatus:
+    state: str                  # 'pending', 'processing', 'completed', 'aborted', 'canceled'
+    impressions: int | None     # impressions the device reports completed
+    message: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("completed", "aborted", "canceled")
+
+
+class DeviceDriver(Protocol):
+    """How the site prints on one kind of device (IPP now; LPD with its issue)."""
+
+    async def submit(self, device: Device, job: Job, document: Path) -> str:
+        """Send the job; return the device's handle for it. Raises DeviceUnavailable."""
+
+    async def status(self, device: Device, handle: str) -> DeviceJobStatus:
+        """Where the device is with the job. Raises DeviceUnavailable."""
+
+
+@dataclass
+class JobResult:
+    job_id: int
+    ok: bool
+    code: str = ""
+    message: str = ""
+    charged: int = 0
+    processing: bool = False
+
+
+@dataclass
+class ReleaseReport:
+    results: list[JobResult] = field(default_factory=list)
+    balance: int = 0
+
+    @property
+    def released(self) -> list[int]:
+        return [r.job_id for r in self.results if r.ok and not r.processing]
+
+    @property
+    def processing(self) -> list[int]:
+        return [r.job_id for r in self.results if r.processing]
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def charged(self) -> int:
+        return sum(r.charged for r in self.results)
+
+
+class ReleaseService:
+    def __init__(
+        self,
+        *,
+        jobs: PrintService,
+        store: Any,
+        drivers: dict[str, DeviceDriver],
+        devices: Callable[[], dict[str, Device]],
+        policies: Callable[[str | None], CostPolicy],
+        reactor: Any,
+        poll_interval: float = 0.25,
+        follow_timeout: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.drivers = drivers
+        self.devices = devices
+        self.policies = policies
+        self.reactor = reactor
+        self.poll_interval = poll_interval
+        self.follow_timeout = follow_timeout
+        self.clock = clock
+        self._following: dict[int, defer.Deferred[JobResult]] = {}
+
+    # ------------------------------------------------------------ Find-Me release
+
+    async def release(
+        self, *, owner: str, account_id: int, device_name: str, job_ids: Sequence[int] | None
+    ) -> ReleaseReport:
+        """Release `job_ids` (None: all held) of `owner` at `device_name`, one after another."""
+        held = await self.jobs.held_for(owner)
+        by_id = {j.id: j for j in held}
+        report = ReleaseReport()
+        wanted = [j.id for j in held] if job_ids is None else list(job_ids)
+        for job_id in wanted:
+            job = by_id.get(job_id)
+            if job is None:
+                report.results.append(JobResult(job_id, False, "not_found",
+                                                f"job {job_id} is not held for {owner}"))
+                continue
+            report.results.append(await self._release_one(job, device_name, account_id))
+        report.balance, _ = await self.store.balance(account_id)
+        return report
+
+    async def _release_one(self, job: Job, device_name: str, account_id: int | None,
+                           check_balance: bool = True) -> JobResult:
+        device = self.devices().get(device_name)
+        if device is None or not device.enabled:
+            return JobResult(job.id, False, "device_unavailable", f"no device {device_name}")
+        job = await self.jobs.analysed(job)
+        policy = self.policies(device.name)
+        quote = self.jobs.quote(job, device.name)
+        if check_balance and account_id is not None and quote.cost > 0:
+            balance, overdraft = await self.store.balance(account_id)
+            if affordable(balance, overdraft, quote.cost, 1) < 1:
+                return JobResult(job.id, False, "insufficient_balance",
+                                 f"job costs {quote.cost}, balance is {balance}")
+        taken = await self.store.update_job(
+            job.id, expect_states=(JobState.HELD, JobState.PENDING), state=JobState.PROCESSING,
+            state_reasons=("job-printing",), device=device.name, attempts=job.attempts + 1,
+            processing_at=self.clock(), state_message=f"sending to {device.name}",
+        )
+        if taken is None:
+            return JobResult(job.id, False, "not_found", f"job {job.id} is no longer held")
+        job = taken
+        assert job.spool_name is not None
+        driver = self.drivers[device.protocol]
+        try:
+            handle = await driver.submit(device, job, self.jobs.spool.path(job.spool_name))
+        except DeviceUnavailable as exc:
+            await self._back_to_queue(job, f"{device.name}: {exc}")
+            return JobResult(job.id, False, "device_unavailable", str(exc))
+        await self.store.update_job(job.id, remote_job_uri=handle)
+        following = defer.ensureDeferred(self._follow(job, device, handle, account_id, policy))
+        self._following[job.id] = following
+        following.addBoth(lambda r: (self._following.pop(job.id, None), r)[1])
+        return await self._wait(job, following)
+
+    async def _wait(self, job: Job, following: defer.Deferred[JobResult]) -> JobResult:
+        """Wait for the device to finish, but answer the panel by `follow_timeout`."""
+        done: defer.Deferred[JobResult | None] = defer.Deferred()
+        following.addCallback(lambda r: (done.called or done.callback(r), r)[1])
+        following.addErrback(lambda f: (done.called or done.errback(f), f)[1])
+        timer = self.reactor.callLater(self.follow_timeout,
+                                       lambda: done.called or done.callback(None))
+        result = await done
+        if timer.active():
+            timer.cancel()
+        if result is None:
+            return JobResult(job.id, True, processing=True,
+                             message="still printing; it is charged when it completes")
+        return result
+
+    async def _follow(self, job: Job, device: Device, handle: str, account_id: int | None,
+                      policy: CostPolicy) -> JobResult:
+        driver = self.drivers[device.protocol]
+        misses = 0
+        while True:
+            try:
+                status = await driver.status(device, handle)
+                misses = 0
+            except DeviceUnavailable as exc:
+                misses += 1
+                if misses > 40:
+                    # We cannot tell whether it printed: keep the job, charge nothing.
+                    await self._back_to_queue(job, f"lost contact with {device.name}: {exc}")
+                    return JobResult(job.id, False, "device_unavailable", str(exc))
+                status = None
+            if status is not None and status.terminal:
+                return await self._finish(job, device, status, account_id, policy)
+            await task.deferLater(self.reactor, self.poll_interval, lambda: None)
+
+    async def _finish(self, job: Job, device: Device, status: DeviceJobStatus,
+                      account_id: int | None, policy: CostPolicy) -> JobResult:
+        quote = self.jobs.quote(job, device.name)
+        entry_id = f"print:{job.uuid}:{job.attempts}"
+        if status.state == "completed":
+            if job.pages is not None:
+                impressions, amount = quote.impressions, quote.cost
+            else:
+                impressions = status.impressions or 0
+                amount = price_impressions(policy, impressions, colour=job.colour,
+                                           sides=job.options.sides, media=job.options.media)
+            finished, ledger = await self.store.finish_print(
+                job.id, entry_id=entry_id, account_id=account_id, amount=amount,
+                impressions=impressions, colour=job.colour, device=device.name, completed=True,
+                state_message=f"printed on {device.name}", body=self._body(job, device, impressions),
+            )
+            if finished.spool_name:
+                await self.store.update_job(job.id, spool_name=None)
+                self.jobs.spool.delete(finished.spool_name)
+            log.info("job %d printed on %s: %d impressions, charged %d", job.id, device.name,
+                     impressions, ledger.amount)
+            return JobResult(job.id, True, charged=ledger.amount)
+        printed = max(0, status.impressions or 0)
+        amount = price_impressions(policy, printed, colour=job.colour, sides=job.options.sides,
+                                   media=job.options.media)
+        expected = quote.impressions if job.pages is not None else "?"
+        message = (f"{device.name}: {status.message or status.state} after {printed} of "
+                   f"{expected} impressions")
+        _, ledger = await self.store.finish_print(
+            job.id, entry_id=entry_id, account_id=account_id, amount=amount, impressions=printed,
+            colour=job.colour, device=device.name, completed=False, state_message=message,
+            body=self._body(job, device, printed),
+        )
+        log.warning("job %d failed on %s: %s (charged %d)", job.id, device.name, message,
+                    ledger.amount)
+        return JobResult(job.id, False, "device_error", message, charged=ledger.amount)
+
+    @staticmethod
+    def _body(job: Job, device: Device, impressions: int) -> dict[str, Any]:
+        return {"job": job.uuid, "attempt": job.attempts, "device": device.name,
+                "impressions": impressions, "colour": job.colour}
+
+    async def _back_to_queue(self, job: Job, message: str) -> None:
+        queue = self.jobs.queue(job.queue)
+        state = JobState.HELD
+        await self.store.update_job(
+            job.id, expect_states=(JobState.PROCESSING,), state=state,
+            state_reasons=("job-hold-until-specified",), device=None, remote_job_uri=None,
+            state_message=message,
+        )
+        if queue is not None and queue.kind != FINDME:
+            log.warning("direct job %d held after a device failure: %s", job.id, message)
+
+    # ------------------------------------------------------------ direct queues
+
+    async def print_direct(self, job: Job) -> None:
+        """A direct queue's job: print at once on its device, charge its owner."""
+        queue = self.jobs.queue(job.queue)
+        if queue is None or queue.device is None:
+            raise JobError("not-found", f"queue {job.queue} has no device")
+        account_id: int | None
+        user = await self.store.user_by_name(job.owner)
+        account_id = user.account_id if user else await self.store.unattributed_account()
+        result = await self._release_one(job, queue.device, account_id, check_balance=False)
+        if not result.ok:
+            log.warning("direct job %d on %s: %s", job.id, queue.device, result.message)
+
+    # ------------------------------------------------------------ restart
+
+    async def recover(self) -> None:
+        """Jobs that were printing when the site stopped: follow those we can, hold the rest."""
+        for job in await self.store.jobs(states=(JobState.PROCESSING,)):
+            device = self.devices().get(job.device or "")
+            if device is None or not job.remote_job_uri:
+                await self._back_to_queue(job, "interrupted by a restart before printing")
+                continue
+            user = await self.store.user_by_name(job.owner)
+            account_id = user.account_id if user else await self.store.unattributed_account()
+            following = defer.ensureDeferred(
+                self._follow(job, device, job.remote_job_uri, account_id,
+                             self.policies(device.name))
+            )
+            following.addErrback(lambda f: log.error("following after restart: %s",
+                                                     f.getTraceback()))

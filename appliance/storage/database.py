@@ -1,0 +1,178 @@
+"""The SQLite database: opening, migrating, and running work off the reactor thread.
+
+Every connection is WAL with `synchronous=FULL`, because a charge or a job is
+acknowledged to a device only after its commit, and that promise must survive
+a power cut, not only a process crash. (`synchronous` is per connection, so it
+is set on each one we open.)
+
+All writes go through one thread: SQLite allows one writer at a time anyway,
+and a single writer makes the order of commits the order of acknowledgements.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the durability settings every Outpost connection needs."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every shipped migration, in order."""
+    found = []
+    folder = resources.files("appliance.storage") / "migrations"
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration files are not numbered 1..n: {versions}")
+    return found
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(path: Path) -> int:
+    """Bring the database at `path` to the newest schema; return the version.
+
+    An existing database is copied (with SQLite's online backup, so the copy is
+    consistent) to `<name>.v<N>.bak` before the first migration that changes it,
+    so that a failed upgrade can be undone by hand.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists() and path.stat().st_size > 0
+    conn = connect(path)
+    try:
+        current = schema_version(conn)
+        pending = [m for m in migrations() if m[0] > current]
+        if pending and existed:
+            backup = path.with_name(f"{path.name}.v{current}.bak")
+            target = sqlite3.connect(str(backup))
+            try:
+                conn.backup(target)
+            finally:
+                target.close()
+            _fsync_path(backup)
+            log.info("backed up schema v%d to %s before migrating", current, backup)
+        for version, name, sql in pending:
+            log.info("migrating %s to schema v%d (%s)", path, version, name)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version:d}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            current = version
+        return current
+    finally:
+        conn.close()
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (executescript would commit on its own)."""
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer)
+            buffer = ""
+    if buffer.strip() and not buffer.strip().startswith("--"):
+        raise RuntimeError("migration ends with an incomplete statement")
+    return statements
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Database:
+    """A migrated SQLite file and the one thread that touches it.
+
+    `run(work)` calls `work(db)` in the database thread inside one transaction
+    (`BEGIN IMMEDIATE` … `COMMIT`) and fires its Deferred only after the commit
+    returned, i.e. after SQLite's fsync: callers acknowledge on that callback.
+    """
+
+    def __init__(self, path: Path, reactor: Any) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="outpost-db")
+        self._conn: sqlite3.Connection | None = None
+        self.db: sqlite_utils.Database | None = None
+
+    def open(self) -> None:
+        migrate(self.path)
+        self._conn = connect(self.path)
+        self.db = sqlite_utils.Database(self._conn)
+        self._pool.start()
+        self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
+
+    def close(self) -> None:
+        if self._pool.started:
+            self._pool.stop()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _transact(self, work: Callable[[sqlite_utils.Database], T]) -> T:
+        assert self._conn is not None and self.db is not None, "database not open"
+        conn = self._conn
+        started = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self.db)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        elapsed = time.monotonic() - started
+        if elapsed > 1.0:
+            log.warning("slow transaction: %.2fs in %s", elapsed, getattr(work, "__name__", work))
+        return result
+
+    def run(self, work: Callable[[sqlite_utils.Database], T]) -> defer.Deferred[T]:
+        """Run `work` in one committed transaction in the database thread."""
+        return threads.deferToThreadPool(self._reactor, self._pool, self._transact, work)
+
+    def run_sync(self, work: Callable[[sqlite_utils.Database], T]) -> T:
+        """The same, on the calling thread: for start-up and CLI tools, never the reactor."""
+        return self._transact(work)
