@@ -345,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     for missing in [tool for tool in ("ipptool", "lp", "gs") if shutil.which(tool) is None]:
-        raise SystemExit(f"{missing} is not installed (apt-get install cups-ipp-utils "
-                         "cups-client ghostscript)")
+        raise SystemExit(
+            f"{missing} is not installed (apt-get install cups-ipp-utils cups-client ghostscript)"
+        )
     for path in capture(args.out, args.verbose):
         print(f"{path}  {path.stat().st_size} octets")
     return 0

@@ -74,16 +74,20 @@ class DateTime:
         minutes = int(offset.total_seconds() // 60)
         sign = b"+" if minutes >= 0 else b"-"
         minutes = abs(minutes)
-        raw = struct.pack(
-            ">HBBBBBB",
-            when.year,
-            when.month,
-            when.day,
-            when.hour,
-            when.minute,
-            when.second,
-            when.microsecond // 100000,
-        ) + sign + bytes([minutes // 60, minutes % 60])
+        raw = (
+            struct.pack(
+                ">HBBBBBB",
+                when.year,
+                when.month,
+                when.day,
+                when.hour,
+                when.minute,
+                when.second,
+                when.microsecond // 100000,
+            )
+            + sign
+            + bytes([minutes // 60, minutes % 60])
+        )
         return cls(raw)
 
     def to_datetime(self) -> datetime:
@@ -531,8 +535,11 @@ def _encode_value(tag: int, value: Any) -> bytes:
     if tag == ValueTag.DATE_TIME:
         if isinstance(value, datetime):
             value = DateTime.from_datetime(value)
-        if not isinstance(value, DateTime) or not isinstance(value.raw, bytes | bytearray) \
-                or len(value.raw) != 11:
+        if (
+            not isinstance(value, DateTime)
+            or not isinstance(value.raw, bytes | bytearray)
+            or len(value.raw) != 11
+        ):
             raise EncodeError("dateTime needs a DateTime of 11 octets")
         return bytes(value.raw)
     if tag == ValueTag.RESOLUTION:
@@ -541,8 +548,9 @@ def _encode_value(tag: int, value: Any) -> bytes:
         return _pack(">ii", value, "rangeOfInteger")
     if tag in (ValueTag.TEXT_WITH_LANGUAGE, ValueTag.NAME_WITH_LANGUAGE):
         if not isinstance(value, tuple) or len(value) != 2:
-            raise EncodeError(f"textWithLanguage/nameWithLanguage needs a StringWithLanguage, "
-                              f"not {value!r}")
+            raise EncodeError(
+                f"textWithLanguage/nameWithLanguage needs a StringWithLanguage, not {value!r}"
+            )
         language = _utf8(value[0], "language")
         text = _utf8(value[1], "text")
         return _length(language, "language") + language + _length(text, "text") + text
@@ -581,8 +589,9 @@ def _value_pairs(attribute: Any) -> list[tuple[int, Any]]:
         raise EncodeError(f"attribute {attribute.name!r} has no value")
     tags = attribute.value_tags()
     if len(tags) != len(attribute.values):
-        raise EncodeError(f"attribute {attribute.name!r} has {len(attribute.values)} values "
-                          f"but {len(tags)} tags")
+        raise EncodeError(
+            f"attribute {attribute.name!r} has {len(attribute.values)} values but {len(tags)} tags"
+        )
     return list(zip(tags, attribute.values, strict=True))
 
 
@@ -610,8 +619,12 @@ def encode_attributes(message: Message) -> bytes:
     out = bytearray()
     out += _pack(">BBHi", (*message.version, message.code, message.request_id), "header")
     for group in message.groups:
-        if isinstance(group.tag, bool) or not isinstance(group.tag, int) \
-                or not 0x01 <= group.tag <= 0x0F or group.tag == GroupTag.END:
+        if (
+            isinstance(group.tag, bool)
+            or not isinstance(group.tag, int)
+            or not 0x01 <= group.tag <= 0x0F
+            or group.tag == GroupTag.END
+        ):
             raise EncodeError(f"{group.tag!r} is not a group tag")
         out.append(group.tag)
         for attribute in group.attributes.values():
@@ -661,9 +674,7 @@ def request(
     return message
 
 
-def response(
-    request_message: Message, status: int, message_text: str | None = None
-) -> Message:
+def response(request_message: Message, status: int, message_text: str | None = None) -> Message:
     """A response echoing the request's version and id, as RFC 8011 asks."""
     reply = Message(request_message.version, status, request_message.request_id)
     group = reply.operation
