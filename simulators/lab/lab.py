@@ -1,0 +1,321 @@
+"""The lab: a whole site with simulated MFDs and seeded users on loopback.
+
+`outpost lab up --dir DIR --mfds N` starts N simulated MFDs (in this process),
+one site server (its own process, restarted if it dies, as systemd would),
+seeds lab users on first start, and writes `DIR/endpoints.json` once every
+listed port accepts connections. It runs until SIGINT/SIGTERM.
+
+The lab deploys the site as an installer would (a config file and
+`outpost users import`); it drives it only through its public wires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("outpost.lab")
+
+USERNAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+             "mallory", "niaj"]
+FULL_NAMES = {"alice": "Alice Archer", "bob": "Bob Baker", "carol": "Carol Carter",
+              "dave": "Dave Dyer", "erin": "Erin Evans", "frank": "Frank Fisher",
+              "grace": "Grace Gray", "heidi": "Heidi Hill", "ivan": "Ivan Irwin",
+              "judy": "Judy Jones", "mallory": "Mallory Moss", "niaj": "Niaj Nash"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+def make_users(seed: int, count: int = 10) -> list[dict[str, Any]]:
+    """Lab users with a card, a PIN, a password and a balance; the same for a given seed."""
+    rng = random.Random(seed)
+    users = []
+    cards: set[str] = set()
+    for name in USERNAMES[:count]:
+        card = f"{rng.randrange(10**9, 10**10):010d}"
+        while card in cards:
+            card = f"{rng.randrange(10**9, 10**10):010d}"
+        cards.add(card)
+        users.append({
+            "username": name,
+            "full_name": FULL_NAMES[name],
+            "email": f"{name}@lab.outpost.test",
+            "card": card,
+            "pin": f"{rng.randrange(10000):04d}",
+            "password": "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(12)),
+            "balance": 10000 + 1000 * rng.randrange(0, 11),
+        })
+    return users
+
+
+def site_config_text(*, name: str, state_dir: Path, secrets_dir: Path, ipp_port: int,
+                     api_port: int, mfds: list[dict[str, Any]], hold_hours: float,
+                     argon2_memory_kib: int) -> str:
+    lines = [
+        "# Written by `outpost lab up`: a site on loopback with simulated MFDs.",
+        'role = "site"',
+        f'name = "{name}"',
+        f'state_dir = "{state_dir}"',
+        f'secrets_dir = "{secrets_dir}"',
+        "",
+        "[ipp]",
+        'host = "127.0.0.1"',
+        f"port = {ipp_port}",
+        "",
+        "[device_api]",
+        'host = "127.0.0.1"',
+        f"port = {api_port}",
+        "",
+        "[jobs]",
+        f"hold_hours = {hold_hours}",
+        "",
+        "[release]",
+        "poll_interval = 0.1",
+        "follow_timeout = 60.0",
+        "",
+        "[auth]",
+        f"argon2_memory_kib = {argon2_memory_kib}",
+        "",
+        "# The lab's cost policy: 10 per mono page, 40 per colour page, duplex per side.",
+        "[cost_policy.default.default]",
+        "mono = 10",
+        "colour = 40",
+        "",
+    ]
+    for mfd in mfds:
+        lines += ["[[devices]]", f'name = "{mfd["name"]}"', f'uri = "{mfd["ipp"]}"', ""]
+    return "\n".join(lines)
+
+
+@dataclass
+class SupervisedSite:
+    """A site process restarted whenever it dies, with a log line each time."""
+
+    name: str
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    stopping: bool = False
+    history: list[str] = field(default_factory=list)
+    on_restart: Any = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(self.config_path)],
+            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        logfile.close()
+        log.info("started site %s (pid %d)", self.name, self.process.pid)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def check(self) -> None:
+        """Restart the site if it died (called periodically)."""
+        if self.stopping or self.process is None:
+            return
+        status = self.process.poll()
+        if status is None:
+            return
+        self.restarts += 1
+        line = (f"site {self.name} (pid {self.process.pid}) exited with status {status}; "
+                f"restart #{self.restarts}")
+        log.warning(line)
+        self.history.append(line)
+        self.start()
+        if self.on_restart is not None:
+            self.on_restart()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stopping = True
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("site %s did not stop in %.0fs; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class LabOptions:
+    directory: Path
+    mfds: int = 2
+    seed: int = 1
+    users: int = 10
+    hold_hours: float = 24.0
+    argon2_memory_kib: int = 65536
+
+
+class Lab:
+    """One site and its MFDs. `start()` needs the reactor running; `stop()` tears down."""
+
+    def __init__(self, options: LabOptions, reactor: Any) -> None:
+        self.options = options
+        self.reactor = reactor
+        self.dir = options.directory.resolve()
+        self.mfds: list[Any] = []
+        self.site: SupervisedSite | None = None
+        self.endpoints: dict[str, Any] = {}
+        self._watch: Any = None
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.dir / "endpoints.json"
+
+    def start_mfds(self) -> list[dict[str, Any]]:
+        from simulators.mfd.printer import SimulatedMfd
+
+        entries = []
+        for i in range(1, self.options.mfds + 1):
+            name = f"mfd-{i}"
+            base = self.dir / "mfds" / name
+            output, state = base / "output", base / "state"
+            output.mkdir(parents=True, exist_ok=True)
+            state.mkdir(parents=True, exist_ok=True)
+            mfd = SimulatedMfd(name, output, state, reactor=self.reactor)
+            mfd.listen("127.0.0.1")
+            self.mfds.append(mfd)
+            entries.append({"name": name, "ipp": mfd.ipp_uri, "output": str(output),
+                            "control": mfd.control_uri})
+        return entries
+
+    def prepare_site(self, mfds: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Write the site's config (keeping its ports across lab restarts) and seed users once."""
+        name = "site-1"
+        site_dir = self.dir / name
+        state_dir, secrets_dir = site_dir / "state", site_dir / "secrets"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ports_file = site_dir / "ports.json"
+        if ports_file.exists():
+            ports = json.loads(ports_file.read_text())
+        else:
+            ports = {"ipp": free_port(), "device_api": free_port()}
+            write_atomically(ports_file, json.dumps(ports))
+        config_path = site_dir / "site.toml"
+        write_atomically(config_path, site_config_text(
+            name=name, state_dir=state_dir, secrets_dir=secrets_dir, ipp_port=ports["ipp"],
+            api_port=ports["device_api"], mfds=mfds, hold_hours=self.options.hold_hours,
+            argon2_memory_kib=self.options.argon2_memory_kib))
+        users_file = self.dir / "lab-users.json"
+        if users_file.exists():
+            users = json.loads(users_file.read_text())
+        else:
+            users = make_users(self.options.seed, self.options.users)
+            subprocess.run(
+                [sys.executable, "-m", "appliance.cli", "users", "import", "--config",
+                 str(config_path), "-"],
+                input=json.dumps(users).encode(), check=True, stdout=subprocess.DEVNULL,
+            )
+            # The lab keeps the plaintext credentials beside the site, never in its state_dir.
+            write_atomically(users_file, json.dumps(users, indent=1))
+            users_file.chmod(0o600)
+        self.site = SupervisedSite(name, config_path, state_dir / "logs" / "site.log",
+                                   on_restart=self.refresh_pid)
+        site_entry = {
+            "name": name,
+            "state_dir": str(state_dir),
+            "config": str(config_path),
+            "ipp": f"ipp://127.0.0.1:{ports['ipp']}/printers/findme",
+            "device_api": f"http://127.0.0.1:{ports['device_api']}/api/v1",
+            "ipp_port": ports["ipp"],
+            "device_api_port": ports["device_api"],
+            "mfds": [{**m, "queue": f"ipp://127.0.0.1:{ports['ipp']}/printers/{m['name']}"}
+                     for m in mfds],
+        }
+        return site_entry, users
+
+    async def wait_ready(self, ports: list[int], timeout: float = 60.0) -> None:
+        """Wait (without blocking the reactor) until every port accepts connections."""
+        from twisted.internet import task
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(port_open(p) for p in ports):
+                return
+            await task.deferLater(self.reactor, 0.1, lambda: None)
+        raise TimeoutError(f"the lab's ports {ports} did not open in {timeout:.0f}s")
+
+    async def start(self) -> dict[str, Any]:
+        """Start everything; return the endpoints (also written to endpoints.json)."""
+        from twisted.internet import task
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        mfds = self.start_mfds()
+        site_entry, users = self.prepare_site(mfds)
+        assert self.site is not None
+        self.site.start()
+        self._watch = task.LoopingCall(self.site.check)
+        self._watch.clock = self.reactor
+        self._watch.start(0.5, now=False)
+        ports = [site_entry["ipp_port"], site_entry["device_api_port"]]
+        ports += [mfd.ipp_port for mfd in self.mfds] + [mfd.control_port for mfd in self.mfds]
+        await self.wait_ready(ports)
+        self.endpoints = {
+            "sites": [{**site_entry, "pid": self.site.pid}],
+            "users": users,
+            "lab": {"pid": os.getpid(), "dir": str(self.dir)},
+        }
+        write_atomically(self.endpoints_path, json.dumps(self.endpoints, indent=1))
+        log.info("lab ready: %s", self.endpoints_path)
+        return self.endpoints
+
+    def refresh_pid(self) -> None:
+        """Keep endpoints.json's pid true after a restart of the site."""
+        if self.site is None or not self.endpoints:
+            return
+        if self.endpoints["sites"][0]["pid"] != self.site.pid:
+            self.endpoints["sites"][0]["pid"] = self.site.pid
+            write_atomically(self.endpoints_path, json.dumps(self.endpoints, indent=1))
+
+    async def stop(self) -> None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        if self.site is not None:
+            self.site.stop()
+        for mfd in self.mfds:
+            await mfd.stop()
+        self.endpoints_path.unlink(missing_ok=True)
+        log.info("lab stopped")
