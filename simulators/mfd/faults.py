@@ -9,10 +9,12 @@ everywhere.
 - ``none``: a healthy printer.
 - ``offline``: the IPP port stops listening (connection refused) until cleared.
 - ``jam``: the next job to start prints ``after_pages`` impressions, then
-  aborts with ``media-jam``. With ``once`` (the default) the jam clears itself
-  when that job has aborted; otherwise the printer stays stopped with
-  ``media-jam-error``, queued jobs wait, and they print once the fault is
-  cleared.
+  aborts with ``media-jam`` (a job of ``after_pages`` impressions or fewer
+  prints whole, and the jam stays armed). The printer then shows ``stopped``
+  with ``media-jam-error``. With ``once`` (the default) the fault returns to
+  ``none`` as that job aborts and the printer resumes with the next job;
+  otherwise the printer stays stopped, queued jobs wait, and they print once
+  the fault is cleared.
 - ``slow``: every impression takes ``page_delay`` seconds.
 - ``reject``: Print-Job, Create-Job and Validate-Job are answered
   ``server-error-not-accepting-jobs``.

@@ -476,12 +476,11 @@ class SimulatedMfd:
         job.completed_at = datetime.now(UTC)
 
     def _next_job(self) -> Job | None:
-        if self._jammed:
-            if self._fault.mode == "jam":
-                return None  # a standing jam: the printer is stopped, jobs wait
-            self._jammed = False  # a one-time jam is cleared when the next job starts
+        if self._jammed and self._fault.mode == "jam":
+            return None  # a standing jam: the printer is stopped, jobs wait
         for job in self.jobs():
             if job.state == JobState.PENDING and job.closed:
+                self._jammed = False  # a one-time jam is cleared when the next job starts
                 return job
         return None
 
