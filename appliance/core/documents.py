@@ -1,0 +1,1494 @@
+"""Document analysis: what a print job is, how many pages it has, whether it is colour.
+
+This decides what a job costs, so it has to be right for honest documents and
+must never fall over on dishonest or broken ones.
+
+* :func:`sniff_format` recognises a format from the first bytes of a document
+  (looking through a PJL/UEL job wrapper).
+* :func:`count_pages` counts pages in pure Python, never running a subprocess
+  and streaming from disk wherever the format allows: PDF (classic xref tables,
+  cross-reference streams, object streams, incremental updates, linearized
+  files, hybrid files, broken files), PostScript with DSC comments, PWG/CUPS
+  raster, Apple URF, PCL XL, and (single page) JPEG and PNG.  Colour is only
+  reported where the format states it cheaply (raster colour spaces, PCL XL
+  ``SetColorSpace``, JPEG/PNG channel count); otherwise it is ``None``.
+* :func:`detect_colour` asks ghostscript's ``inkcov`` device for PDF and
+  PostScript.  It blocks: callers run it in a thread.
+* :func:`analyse` combines the two.
+
+Parsing errors never raise; they give ``pages=None``.  Only failing to open
+the file raises (:class:`OSError`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, NamedTuple, TypeAlias
+
+__all__ = [
+    "CUPS_RASTER",
+    "JPEG",
+    "OCTET_STREAM",
+    "PCL",
+    "PCLXL",
+    "PDF",
+    "PNG",
+    "POSTSCRIPT",
+    "PWG_RASTER",
+    "URF",
+    "DocumentInfo",
+    "analyse",
+    "count_pages",
+    "detect_colour",
+    "sniff_format",
+]
+
+PDF = "application/pdf"
+POSTSCRIPT = "application/postscript"
+PWG_RASTER = "image/pwg-raster"
+CUPS_RASTER = "application/vnd.cups-raster"
+URF = "image/urf"
+PCLXL = "application/vnd.hp-pclxl"
+PCL = "application/vnd.hp-pcl"
+JPEG = "image/jpeg"
+PNG = "image/png"
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    format: str  # detected MIME type, or the declared one / OCTET_STREAM when unknown
+    pages: int | None  # None when the format is not countable
+    colour: bool | None  # True if any page uses colour, False if all mono, None if unknown
+
+
+# How much of the start of a file sniff_format() is given by count_pages().
+_HEAD_BYTES = 8192
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------
+# Format sniffing
+# --------------------------------------------------------------------------
+
+_UEL = b"\x1b%-12345X"
+_PJL_LANGUAGE_RE = re.compile(rb"ENTER\s+LANGUAGE\s*=\s*([A-Za-z0-9_]+)", re.IGNORECASE)
+_PJL_LANGUAGES = {b"POSTSCRIPT": POSTSCRIPT, b"PDF": PDF, b"PCLXL": PCLXL, b"PCL": PCL}
+_PCLXL_HEADER_RE = re.compile(rb"[()] HP-PCL XL")
+
+
+def _strip_pjl(head: bytes) -> tuple[int, str | None]:
+    """Skip a leading UEL + PJL job header; return (body offset, PJL language)."""
+    pos = 0
+    language: str | None = None
+    n = len(head)
+    while pos < n:
+        if head.startswith(_UEL, pos):
+            pos += len(_UEL)
+            continue
+        c = head[pos]
+        if c in b"\r\n\t \x00\x04":
+            pos += 1
+            continue
+        if head[pos : pos + 4].upper() == b"@PJL":
+            end = head.find(b"\n", pos)
+            line = head[pos:] if end < 0 else head[pos:end]
+            m = _PJL_LANGUAGE_RE.search(line)
+            if m:
+                language = _PJL_LANGUAGES.get(m.group(1).upper(), language)
+            if end < 0:
+                return n, language
+            pos = end + 1
+            continue
+        break
+    return pos, language
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The MIME type recognised from the first bytes of a document, or None."""
+    head = bytes(head)
+    pos, language = _strip_pjl(head)
+    body = head[pos:]
+    if body.startswith(b"%PDF-"):
+        return PDF
+    if body.startswith((b"%!", b"\x04%!")) or body.startswith(b"\xc5\xd0\xd3\xc6"):
+        return POSTSCRIPT
+    if body.startswith(b"RaS2"):
+        return PWG_RASTER
+    if body.startswith((b"2SaR", b"RaS3", b"3SaR", b"RaSt", b"tSaR")):
+        return CUPS_RASTER
+    if body.startswith(b"UNIRAST\x00"):
+        return URF
+    if _PCLXL_HEADER_RE.match(body):
+        return PCLXL
+    if body.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if body.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if language is not None:
+        if language == PCLXL and not _PCLXL_HEADER_RE.search(body[:256]):
+            return PCLXL if body[:1] in (b"(", b")") else None
+        return language
+    if body.startswith(b"\x1bE"):
+        return PCL
+    # Junk in front of a PDF header is common (and tolerated by readers).
+    if b"%PDF-" in head[:1024]:
+        return PDF
+    return None
+
+
+def _normalise_mime(declared: str | None) -> str | None:
+    if not declared:
+        return None
+    mime = declared.split(";", 1)[0].strip().lower()
+    if not mime or mime == OCTET_STREAM:
+        return None
+    return mime
+
+
+# --------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """The document is not what it claims to be."""
+
+
+_Counter = Callable[[BinaryIO, int, bytes], tuple[int | None, bool | None]]
+
+
+def count_pages(path: str | os.PathLike[str], document_format: str | None = None) -> DocumentInfo:
+    """Count pages without running any subprocess.
+
+    *document_format* is the declared (IPP document-format) type; ``None`` or
+    ``application/octet-stream`` means auto-detect.  When the content says
+    otherwise the content wins.  Raises only :class:`OSError` (cannot open).
+    """
+    declared = _normalise_mime(document_format)
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+        size = os.fstat(f.fileno()).st_size
+        sniffed = sniff_format(head)
+        fmt = sniffed or declared or OCTET_STREAM
+        counter = _COUNTERS.get(fmt)
+        if counter is None:
+            return DocumentInfo(fmt, None, None)
+        try:
+            pages, colour = counter(f, size, head)
+        except Exception:  # malformed input of any kind: not countable
+            pages, colour = None, None
+    if pages is None:
+        colour = None
+    return DocumentInfo(fmt, pages, colour)
+
+
+# Ghostscript's CMYK conversion turns neutral RGB (including plain RGB black,
+# which most office documents use) into rich black with C, M and Y ink, so
+# inkcov alone would call almost everything colour.  With UseFastColor the
+# PostScript black generation / undercolour removal functions apply instead:
+# BG = identity and UCR = identity + 0.03 move every neutral (and
+# near-neutral, within ~8/255) pixel entirely to K, leaving C, M or Y only on
+# pixels that really are coloured.  Colours specified directly in CMYK are
+# taken literally.
+_GS_INKCOV_ARGS = (
+    "-q",
+    "-dSAFER",
+    "-dBATCH",
+    "-dNOPAUSE",
+    "-dUseFastColor",
+    "-sDEVICE=inkcov",
+    "-o",
+    "-",
+    "-c",
+    "{} setblackgeneration {0.03 add} setundercolorremoval",
+    "-f",
+)
+# inkcov reports the fraction of pixels carrying each ink with five decimals;
+# anything it prints as non-zero counts (a single coloured point is ~2e-5).
+_COLOUR_THRESHOLD = 0.000005
+_INKCOV_LINE_RE = re.compile(
+    rb"^\s*(\d+(?:\.\d*)?)\s+(\d+(?:\.\d*)?)\s+(\d+(?:\.\d*)?)\s+(\d+(?:\.\d*)?)\s+CMYK\b",
+    re.MULTILINE,
+)
+_GS_FORMATS = (PDF, POSTSCRIPT)
+
+
+def _inkcov(
+    path: str | os.PathLike[str], timeout: float
+) -> list[tuple[float, float, float, float]] | None:
+    """Per-page (C, M, Y, K) coverage from ghostscript, or None."""
+    gs = shutil.which("gs")
+    if gs is None:
+        return None
+    # An absolute path can never be mistaken for a gs switch.
+    target = os.path.abspath(os.fspath(path))
+    try:
+        proc = subprocess.run(
+            [gs, *_GS_INKCOV_ARGS, target],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    if proc.returncode != 0:
+        return None
+    pages = [
+        (float(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4)))
+        for m in _INKCOV_LINE_RE.finditer(proc.stdout)
+    ]
+    return pages or None
+
+
+def _is_colour(coverage: list[tuple[float, float, float, float]]) -> bool:
+    return any(max(c, m, y) > _COLOUR_THRESHOLD for c, m, y, _k in coverage)
+
+
+def _detected_format(path: str | os.PathLike[str], document_format: str | None) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    return sniff_format(head) or _normalise_mime(document_format)
+
+
+def detect_colour(
+    path: str | os.PathLike[str], document_format: str, timeout: float = 60.0
+) -> bool | None:
+    """Whether any page of a PDF/PostScript document puts colour on paper.
+
+    Runs ghostscript's inkcov device; ``None`` if gs is missing, times out,
+    fails, or the document is not PDF/PostScript.  Blocking.
+    """
+    try:
+        fmt = _detected_format(path, document_format)
+    except OSError:
+        return None
+    if fmt not in _GS_FORMATS:
+        return None
+    coverage = _inkcov(path, timeout)
+    if coverage is None:
+        return None
+    return _is_colour(coverage)
+
+
+def analyse(
+    path: str | os.PathLike[str],
+    document_format: str | None = None,
+    *,
+    use_ghostscript: bool = True,
+    timeout: float = 60.0,
+) -> DocumentInfo:
+    """count_pages(), then ghostscript colour detection for PDF/PostScript.
+
+    When ghostscript runs, it also supplies the page count where the parser
+    had none (encrypted object streams, PostScript without DSC comments); for
+    PostScript the interpreter's count replaces the DSC one, since DSC
+    comments are only claims.  Blocking.
+    """
+    info = count_pages(path, document_format)
+    if not use_ghostscript or info.format not in _GS_FORMATS or info.colour is not None:
+        return info
+    coverage = _inkcov(path, timeout)
+    if coverage is None:
+        return info
+    pages = info.pages
+    if pages is None or info.format == POSTSCRIPT:
+        pages = len(coverage)
+    return DocumentInfo(info.format, pages, _is_colour(coverage))
+
+
+# --------------------------------------------------------------------------
+# PDF
+# --------------------------------------------------------------------------
+
+
+class _Ref(NamedTuple):
+    num: int
+    gen: int
+
+
+class _Keyword(str):
+    """A bare PDF keyword (other than true/false/null)."""
+
+
+class _Name(str):
+    """A PDF name (without the slash)."""
+
+
+class _Stream:
+    __slots__ = ("dict", "length", "start")
+
+    def __init__(self, d: dict[str, _Obj], start: int, length: int) -> None:
+        self.dict = d
+        self.start = start
+        self.length = length
+
+
+_Obj: TypeAlias = (
+    "bool | int | float | bytes | str | _Ref | _Stream | list[_Obj] | dict[str, _Obj] | None"
+)
+
+
+class _NeedMore(Exception):
+    """The parse ran off the end of a window that does not reach EOF."""
+
+
+_WS = b"\x00\t\n\x0c\r "
+_S = rb"[\x00\t\n\x0c\r ]"  # one PDF white-space character
+_WS_RE = re.compile(rb"(?:[\x00\t\n\x0c\r ]+|%[^\r\n]*)*")
+_REGULAR_RE = re.compile(rb"[^\x00\t\n\x0c\r ()<>\[\]{}/%]*")
+_NUMBER_RE = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)")
+_INT_RE = re.compile(rb"[+-]?\d+")
+_REF_TAIL_RE = re.compile(_S + rb"+(\d{1,10})" + _S + rb"+R(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])")
+_OBJ_HEADER_RE = re.compile(_S + rb"*(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + rb"+obj\b")
+_OBJ_SCAN_RE = re.compile(rb"(?<![0-9])(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + rb"+obj\b")
+_XREF_SUBSECTION_RE = re.compile(_S + rb"*(\d+)" + _S + rb"+(\d+)")
+_XREF_ENTRY_RE = re.compile(_S + rb"*(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + rb"+([fn])")
+_NAME_ESCAPE_RE = re.compile(rb"#([0-9A-Fa-f]{2})")
+_MAX_DEPTH = 64
+_MAX_DECODED = 256 << 20  # decoded xref / object streams beyond this are refused
+_MAX_TREE_NODES = 500_000
+
+
+class _Lexer:
+    """Parses PDF objects out of a byte window of the file."""
+
+    __slots__ = ("buf", "eof")
+
+    def __init__(self, buf: bytes, eof: bool) -> None:
+        self.buf = buf
+        self.eof = eof
+
+    def _short(self) -> Exception:
+        return _Malformed("truncated") if self.eof else _NeedMore()
+
+    def skip_ws(self, pos: int) -> int:
+        m = _WS_RE.match(self.buf, pos)
+        return m.end() if m else pos
+
+    def value(self, pos: int, depth: int = 0) -> tuple[_Obj, int]:
+        if depth > _MAX_DEPTH:
+            raise _Malformed("nesting too deep")
+        buf = self.buf
+        pos = self.skip_ws(pos)
+        if pos >= len(buf):
+            raise self._short()
+        c = buf[pos]
+        if c == 0x2F:  # /
+            m = _REGULAR_RE.match(buf, pos + 1)
+            assert m is not None
+            end = m.end()
+            if end >= len(buf) and not self.eof:
+                raise _NeedMore()
+            raw = m.group()
+            if b"#" in raw:
+                raw = _NAME_ESCAPE_RE.sub(lambda mm: bytes([int(mm.group(1), 16)]), raw)
+            return _Name(raw.decode("latin-1")), end
+        if c == 0x3C:  # <
+            if buf[pos + 1 : pos + 2] == b"<":
+                return self._dict(pos + 2, depth)
+            end = buf.find(b">", pos + 1)
+            if end < 0:
+                raise self._short()
+            return bytes(buf[pos + 1 : end]), end + 1
+        if c == 0x5B:  # [
+            items: list[_Obj] = []
+            pos += 1
+            while True:
+                pos = self.skip_ws(pos)
+                if pos >= len(buf):
+                    raise self._short()
+                if buf[pos] == 0x5D:  # ]
+                    return items, pos + 1
+                item, pos = self.value(pos, depth + 1)
+                if isinstance(item, _Keyword):
+                    raise _Malformed(f"keyword {item!r} in array")
+                items.append(item)
+        if c == 0x28:  # (
+            return self._string(pos)
+        if c in b"+-.0123456789":
+            m = _NUMBER_RE.match(buf, pos)
+            r = _REGULAR_RE.match(buf, pos)
+            assert r is not None
+            end = r.end()
+            if end + 32 >= len(buf) and not self.eof:
+                raise _NeedMore()
+            token = r.group()
+            if m is None or m.end() != end:
+                return 0, end  # malformed number: be lenient, as readers are
+            if _INT_RE.fullmatch(token):
+                num = int(token)
+                t = _REF_TAIL_RE.match(buf, end)
+                if t is not None and num >= 0:
+                    return _Ref(num, int(t.group(1))), t.end()
+                return num, end
+            return float(token), end
+        if c in b")>]}{":
+            raise _Malformed(f"unexpected delimiter {chr(c)!r}")
+        r = _REGULAR_RE.match(buf, pos)
+        assert r is not None
+        end = r.end()
+        if end >= len(buf) and not self.eof:
+            raise _NeedMore()
+        word = r.group()
+        if word == b"true":
+            return True, end
+        if word == b"false":
+            return False, end
+        if word == b"null":
+            return None, end
+        if not word:
+            raise _Malformed("empty token")
+        return _Keyword(word.decode("latin-1")), end
+
+    def _dict(self, pos: int, depth: int) -> tuple[_Obj, int]:
+        buf = self.buf
+        d: dict[str, _Obj] = {}
+        while True:
+            pos = self.skip_ws(pos)
+            if pos >= len(buf):
+                raise self._short()
+            if buf[pos] == 0x3E:  # >
+                if buf[pos + 1 : pos + 2] == b">":
+                    return d, pos + 2
+                if pos + 1 >= len(buf):
+                    raise self._short()
+                raise _Malformed("bad dictionary end")
+            key, pos = self.value(pos, depth + 1)
+            if not isinstance(key, _Name):
+                raise _Malformed("dictionary key is not a name")
+            val, pos = self.value(pos, depth + 1)
+            if isinstance(val, _Keyword):
+                raise _Malformed(f"keyword {val!r} in dictionary")
+            d[key] = val
+
+    def _string(self, pos: int) -> tuple[_Obj, int]:
+        buf = self.buf
+        depth = 0
+        i = pos
+        n = len(buf)
+        while i < n:
+            c = buf[i]
+            if c == 0x5C:  # backslash
+                i += 2
+                continue
+            if c == 0x28:
+                depth += 1
+            elif c == 0x29:
+                depth -= 1
+                if depth == 0:
+                    return bytes(buf[pos + 1 : i]), i + 1
+            i += 1
+        raise self._short()
+
+
+def _as_int(obj: _Obj) -> int | None:
+    if isinstance(obj, bool):
+        return None
+    if isinstance(obj, int):
+        return obj
+    return None
+
+
+def _as_list(obj: _Obj) -> list[_Obj]:
+    if isinstance(obj, list):
+        return obj
+    if obj is None:
+        return []
+    return [obj]
+
+
+class _XrefEntry(NamedTuple):
+    kind: int  # 0 free, 1 at byte offset, 2 compressed in an object stream
+    a: int  # offset (kind 1) or object stream number (kind 2)
+    b: int  # generation (kind 1) or index in the object stream (kind 2)
+
+
+class _Pdf:
+    def __init__(self, f: BinaryIO, size: int, head: bytes) -> None:
+        self.f = f
+        self.size = size
+        hdr = head.find(b"%PDF-")
+        self.base = hdr if hdr > 0 else 0  # bytes of junk in front of the header
+        self.xref: dict[int, _XrefEntry] = {}
+        self.trailer: dict[str, _Obj] = {}
+        self.cache: dict[int, _Obj] = {}
+        self.objstms: dict[int, tuple[bytes, dict[int, int], int]] = {}
+        self.resolving: set[int] = set()
+
+    # -- raw access ----------------------------------------------------------
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        if offset < 0 or offset >= self.size:
+            return b""
+        self.f.seek(offset)
+        return self.f.read(n)
+
+    def parse_at(self, offset: int, fn: Callable[[_Lexer], tuple[_Obj, int]]) -> tuple[_Obj, int]:
+        """Run *fn* on a window at *offset*, growing the window as needed."""
+        window = 4096
+        while True:
+            data = self.read_at(offset, window)
+            eof = offset + len(data) >= self.size
+            try:
+                obj, end = fn(_Lexer(data, eof))
+                return obj, offset + end
+            except _NeedMore:
+                if eof or window >= 64 << 20:
+                    raise _Malformed("object too large") from None
+                window *= 8
+
+    def indirect_at(self, offset: int, expect: int | None = None) -> _Obj:
+        """The object defined at *offset* ("n g obj ... endobj")."""
+
+        def parse(lx: _Lexer) -> tuple[_Obj, int]:
+            m = _OBJ_HEADER_RE.match(lx.buf)
+            if m is None:
+                if len(lx.buf) < 40 and not lx.eof:
+                    raise _NeedMore()
+                raise _Malformed("no object header")
+            if expect is not None and int(m.group(1)) != expect:
+                raise _Malformed("object number mismatch")
+            val, pos = lx.value(m.end())
+            if isinstance(val, _Keyword):  # "n g obj endobj": an empty object
+                return None, pos
+            if isinstance(val, dict):
+                p = lx.skip_ws(pos)
+                if lx.buf.startswith(b"stream", p):
+                    p += 6
+                    if lx.buf.startswith(b"\r\n", p):
+                        p += 2
+                    elif lx.buf[p : p + 1] in (b"\n", b"\r"):
+                        p += 1
+                    return _Stream(val, p, -1), p  # length is resolved below
+                if p + 6 >= len(lx.buf) and not lx.eof:
+                    raise _NeedMore()
+            return val, pos
+
+        obj, end = self.parse_at(offset, parse)
+        if isinstance(obj, _Stream):
+            start = end
+            length = _as_int(self.resolve(obj.dict.get("Length")))
+            if length is None or length < 0 or start + length > self.size:
+                length = self.find_endstream(start)
+            return _Stream(obj.dict, start, length)
+        return obj
+
+    def find_endstream(self, start: int) -> int:
+        pos = start
+        while pos < self.size:
+            chunk = self.read_at(pos, _CHUNK + 16)
+            i = chunk.find(b"endstream")
+            if i >= 0:
+                end = pos + i
+                tail = self.read_at(max(start, end - 2), end - max(start, end - 2))
+                return end - start - (len(tail) - len(tail.rstrip(b"\r\n")))
+            if len(chunk) <= 16:
+                break
+            pos += len(chunk) - 16
+        raise _Malformed("unterminated stream")
+
+    def stream_data(self, s: _Stream) -> bytes:
+        if s.length > _MAX_DECODED:
+            raise _Malformed("stream too large")
+        raw = self.read_at(s.start, s.length)
+        return _decode_stream(raw, s.dict, self.resolve)
+
+    # -- objects -------------------------------------------------------------
+
+    def resolve(self, obj: _Obj) -> _Obj:
+        if isinstance(obj, _Ref):
+            return self.get(obj.num)
+        return obj
+
+    def get(self, num: int) -> _Obj:
+        if num in self.cache:
+            return self.cache[num]
+        if num in self.resolving:
+            raise _Malformed("reference loop")
+        entry = self.xref.get(num)
+        if entry is None or entry.kind == 0:
+            return None
+        self.resolving.add(num)
+        try:
+            if entry.kind == 1:
+                obj = self.indirect_at(entry.a, num)
+            else:
+                obj = self.from_objstm(entry.a, entry.b, num)
+        finally:
+            self.resolving.discard(num)
+        if len(self.cache) < 100_000:
+            self.cache[num] = obj
+        return obj
+
+    def objstm(self, stm: int) -> tuple[bytes, dict[int, int], int]:
+        cached = self.objstms.get(stm)
+        if cached is not None:
+            return cached
+        s = self.get(stm)
+        if not isinstance(s, _Stream):
+            raise _Malformed("object stream missing")
+        data = self.stream_data(s)
+        n = _as_int(self.resolve(s.dict.get("N"))) or 0
+        first = _as_int(self.resolve(s.dict.get("First")))
+        if first is None or first < 0 or n < 0:
+            raise _Malformed("bad object stream")
+        ints = [int(x) for x in re.findall(rb"\d+", data[:first])[: 2 * n]]
+        offsets: dict[int, int] = {}
+        for i in range(0, len(ints) - 1, 2):
+            offsets.setdefault(ints[i], ints[i + 1])
+        if len(self.objstms) > 64:
+            self.objstms.clear()
+        result = (data, offsets, first)
+        self.objstms[stm] = result
+        return result
+
+    def from_objstm(self, stm: int, index: int, num: int) -> _Obj:
+        data, offsets, first = self.objstm(stm)
+        off = offsets.get(num)
+        if off is None:
+            raise _Malformed("object not in its object stream")
+        val, _ = _Lexer(data, True).value(first + off)
+        if isinstance(val, _Keyword):
+            raise _Malformed("keyword in object stream")
+        return val
+
+    # -- cross-reference -----------------------------------------------------
+
+    def load_xref(self) -> None:
+        tail_len = min(self.size, 4096)
+        tail = self.read_at(self.size - tail_len, tail_len)
+        i = tail.rfind(b"startxref")
+        if i < 0:
+            tail_len = min(self.size, 1 << 20)
+            tail = self.read_at(self.size - tail_len, tail_len)
+            i = tail.rfind(b"startxref")
+        if i < 0:
+            raise _Malformed("no startxref")
+        m = re.match(rb"startxref\s+(\d+)", tail[i:])
+        if m is None:
+            raise _Malformed("bad startxref")
+        offset = int(m.group(1))
+        try:
+            self.read_chain(offset)
+        except (_Malformed, ValueError, zlib.error, struct.error):
+            if self.base == 0:
+                raise
+            self.xref.clear()
+            self.trailer = {}
+            self.read_chain(offset + self.base)
+            self.shift_offsets()
+
+    def shift_offsets(self) -> None:
+        for num, e in list(self.xref.items()):
+            if e.kind == 1:
+                self.xref[num] = _XrefEntry(1, e.a + self.base, e.b)
+
+    def read_chain(self, offset: int) -> None:
+        seen: set[int] = set()
+        pending: list[int] = [offset]
+        while pending:
+            off = pending.pop(0)
+            if off in seen or len(seen) > 10_000:
+                continue
+            seen.add(off)
+            trailer = self.read_section(off)
+            for key, val in trailer.items():
+                self.trailer.setdefault(key, val)  # the newest trailer wins
+            prev = _as_int(trailer.get("Prev"))
+            if prev is not None and prev >= 0:
+                pending.append(prev)
+
+    def read_section(self, offset: int) -> dict[str, _Obj]:
+        head = self.read_at(offset, 32).lstrip(_WS)
+        if head.startswith(b"xref"):
+            return self.read_table(offset)
+        obj = self.indirect_at(offset)
+        if not isinstance(obj, _Stream) or obj.dict.get("Type") != "XRef":
+            raise _Malformed("startxref does not point at a cross-reference section")
+        self.read_xref_stream(obj)
+        return obj.dict
+
+    def read_table(self, offset: int) -> dict[str, _Obj]:
+        head = self.read_at(offset, 64)
+        pos = offset + head.find(b"xref") + 4
+        sub_re = _XREF_SUBSECTION_RE
+        entry_re = _XREF_ENTRY_RE
+        while True:
+            window = self.read_at(pos, 64)
+            m = sub_re.match(window)
+            if m is None:
+                break
+            start, count = int(m.group(1)), int(m.group(2))
+            pos += m.end()
+            if count > self.size // 18 + 1:
+                raise _Malformed("xref subsection larger than the file")
+            data = self.read_at(pos, count * 21 + 64)
+            p = 0
+            for i in range(count):
+                e = entry_re.match(data, p)
+                if e is None:
+                    raise _Malformed("bad xref entry")
+                p = e.end()
+                num = start + i
+                if num in self.xref:
+                    continue
+                off = int(e.group(1))
+                if e.group(3) == b"n" and off > 0:
+                    self.xref[num] = _XrefEntry(1, off, int(e.group(2)))
+                else:
+                    self.xref[num] = _XrefEntry(0, 0, 0)
+            pos += p
+        window = self.read_at(pos, 64)
+        t = re.match(rb"[\x00\t\n\x0c\r ]*trailer", window)
+        if t is None:
+            raise _Malformed("no trailer after xref table")
+        trailer, _ = self.parse_at(pos + t.end(), lambda lx: lx.value(0))
+        if not isinstance(trailer, dict):
+            raise _Malformed("trailer is not a dictionary")
+        stm = _as_int(trailer.get("XRefStm"))
+        if stm is not None:  # hybrid file: table entries first, then the stream
+            try:
+                obj = self.indirect_at(stm)
+                if isinstance(obj, _Stream):
+                    self.read_xref_stream(obj)
+            except (_Malformed, ValueError, zlib.error):
+                pass
+        return trailer
+
+    def read_xref_stream(self, s: _Stream) -> None:
+        d = s.dict
+        data = self.stream_data(s)
+        widths = [_as_int(w) for w in _as_list(d.get("W"))]
+        if len(widths) < 3 or any(w is None or w < 0 or w > 8 for w in widths):
+            raise _Malformed("bad /W")
+        w1, w2, w3 = (w or 0 for w in widths[:3])
+        row = w1 + w2 + w3
+        if row == 0:
+            raise _Malformed("empty /W")
+        size = _as_int(d.get("Size")) or 0
+        index = [_as_int(x) for x in _as_list(d.get("Index"))] or [0, size]
+        pos = 0
+        for k in range(0, len(index) - 1, 2):
+            start, count = index[k], index[k + 1]
+            if start is None or count is None or start < 0 or count < 0:
+                raise _Malformed("bad /Index")
+            for i in range(count):
+                if pos + row > len(data):
+                    return
+                kind = int.from_bytes(data[pos : pos + w1], "big") if w1 else 1
+                a = int.from_bytes(data[pos + w1 : pos + w1 + w2], "big")
+                b = int.from_bytes(data[pos + w1 + w2 : pos + row], "big")
+                pos += row
+                num = start + i
+                if num in self.xref:
+                    continue
+                if kind == 1 and a > 0:
+                    self.xref[num] = _XrefEntry(1, a, b)
+                elif kind == 2:
+                    self.xref[num] = _XrefEntry(2, a, b)
+                elif kind == 0:
+                    self.xref[num] = _XrefEntry(0, 0, 0)
+                # other types are reserved: ignore, as the spec says
+
+    # -- pages ---------------------------------------------------------------
+
+    def count_tree(self, pages: _Obj) -> int | None:
+        """Leaves of the page tree, or None when it cannot be walked fully."""
+        count = 0
+        visited: set[int] = set()
+        stack: list[_Obj] = [pages]
+        nodes = 0
+        while stack:
+            item = stack.pop()
+            nodes += 1
+            if nodes > _MAX_TREE_NODES:
+                return None
+            if isinstance(item, _Ref):
+                if item.num in visited:
+                    return None
+                visited.add(item.num)
+                try:
+                    node = self.get(item.num)
+                except (_Malformed, ValueError, zlib.error):
+                    return None
+            else:
+                node = item
+            if not isinstance(node, dict):
+                return None
+            kids = self.resolve(node.get("Kids"))
+            ntype = node.get("Type")
+            if ntype == "Pages" or (ntype != "Page" and isinstance(kids, list)):
+                if not isinstance(kids, list):
+                    return None
+                stack.extend(reversed(kids))
+            else:
+                count += 1
+        return count
+
+    def pages_from_root(self, root_ref: _Obj) -> int | None:
+        root = self.resolve(root_ref)
+        if not isinstance(root, dict):
+            return None
+        pages = root.get("Pages")
+        walked = self.count_tree(pages)
+        if walked is not None:
+            return walked
+        try:
+            top = self.resolve(pages)
+        except (_Malformed, ValueError, zlib.error):
+            return None
+        if isinstance(top, dict):
+            n = _as_int(self.resolve(top.get("Count")))
+            if n is not None and n >= 0:
+                return n
+        return None
+
+    def count(self) -> int | None:
+        try:
+            self.load_xref()
+            root = self.trailer.get("Root")
+            if root is not None:
+                n = self.pages_from_root(root)
+                if n is not None:
+                    return n
+        except (_Malformed, ValueError, zlib.error, struct.error):
+            pass
+        return self.reconstruct()
+
+    # -- broken files --------------------------------------------------------
+
+    def reconstruct(self) -> int | None:
+        """Rebuild the cross-reference by scanning for objects, then retry."""
+        obj_re = _OBJ_SCAN_RE
+        offsets: dict[int, int] = {}
+        trailers: list[int] = []
+        pos = 0
+        overlap = 64
+        while pos < self.size:
+            chunk = self.read_at(pos, _CHUNK)
+            if not chunk:
+                break
+            last = pos + len(chunk) >= self.size
+            limit = len(chunk) if last else len(chunk) - overlap
+            for m in obj_re.finditer(chunk):
+                if m.start() < limit:
+                    offsets[int(m.group(1))] = pos + m.start()
+            for m in re.finditer(rb"trailer[\x00\t\n\x0c\r ]*<<", chunk):
+                if m.start() < limit:
+                    trailers.append(pos + m.start() + 7)
+            if last:
+                break
+            pos += limit
+        self.xref = {num: _XrefEntry(1, off, 0) for num, off in offsets.items()}
+        self.cache.clear()
+        self.objstms.clear()
+        roots: list[tuple[int, _Obj]] = []
+        catalogs: list[tuple[int, int]] = []
+        page_objects: set[int] = set()
+        objstms: list[int] = []
+        for num, off in sorted(offsets.items(), key=lambda kv: kv[1]):
+            try:
+                obj = self.get(num)
+            except (_Malformed, ValueError, zlib.error, struct.error):
+                continue
+            d = obj.dict if isinstance(obj, _Stream) else obj
+            if not isinstance(d, dict):
+                continue
+            t = d.get("Type")
+            if t == "Page":
+                page_objects.add(num)
+            elif t == "Catalog":
+                catalogs.append((off, num))
+            elif t == "ObjStm":
+                objstms.append(num)
+            elif t == "XRef" and "Root" in d:
+                roots.append((off, d["Root"]))
+        for stm in objstms:
+            try:
+                _, members, _ = self.objstm(stm)
+            except (_Malformed, ValueError, zlib.error):
+                continue
+            for idx, num in enumerate(members):
+                if num not in self.xref:
+                    self.xref[num] = _XrefEntry(2, stm, idx)
+                    try:
+                        obj = self.get(num)
+                    except (_Malformed, ValueError, zlib.error):
+                        continue
+                    if isinstance(obj, dict):
+                        if obj.get("Type") == "Page":
+                            page_objects.add(num)
+                        elif obj.get("Type") == "Catalog":
+                            catalogs.append((self.size, num))
+        for off in trailers:
+            try:
+                t, _ = self.parse_at(off, lambda lx: lx.value(0))
+            except (_Malformed, ValueError):
+                continue
+            if isinstance(t, dict) and "Root" in t:
+                roots.append((off, t["Root"]))
+        roots.sort(key=lambda r: r[0])
+        candidates = [r for _, r in reversed(roots)]
+        candidates += [_Ref(num, 0) for _, num in sorted(catalogs, reverse=True)]
+        for root in candidates:
+            try:
+                n = self.pages_from_root(root)
+            except (_Malformed, ValueError, zlib.error, struct.error):
+                continue
+            if n is not None:
+                return n
+        return len(page_objects) or None
+
+
+def _png_unpredict(data: bytes, columns: int, colors: int, bpc: int) -> bytes:
+    bpp = max(1, (colors * bpc + 7) // 8)
+    rowlen = (colors * bpc * columns + 7) // 8
+    if rowlen <= 0:
+        raise _Malformed("bad predictor parameters")
+    out = bytearray()
+    prev = bytearray(rowlen)
+    pos = 0
+    n = len(data)
+    while pos < n:
+        ftype = data[pos]
+        raw = data[pos + 1 : pos + 1 + rowlen]
+        pos += 1 + rowlen
+        if len(raw) < rowlen:
+            break
+        cur = bytearray(raw)
+        if ftype == 0:
+            pass
+        elif ftype == 1:
+            for i in range(bpp, rowlen):
+                cur[i] = (cur[i] + cur[i - bpp]) & 0xFF
+        elif ftype == 2:
+            cur = bytearray((a + b) & 0xFF for a, b in zip(cur, prev, strict=True))
+        elif ftype == 3:
+            for i in range(rowlen):
+                left = cur[i - bpp] if i >= bpp else 0
+                cur[i] = (cur[i] + ((left + prev[i]) >> 1)) & 0xFF
+        elif ftype == 4:
+            for i in range(rowlen):
+                left = cur[i - bpp] if i >= bpp else 0
+                up = prev[i]
+                ul = prev[i - bpp] if i >= bpp else 0
+                p = left + up - ul
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - ul)
+                pred = left if pa <= pb and pa <= pc else (up if pb <= pc else ul)
+                cur[i] = (cur[i] + pred) & 0xFF
+        else:
+            raise _Malformed("bad PNG predictor")
+        out += cur
+        prev = cur
+    return bytes(out)
+
+
+def _decode_stream(raw: bytes, d: dict[str, _Obj], resolve: Callable[[_Obj], _Obj]) -> bytes:
+    filters = _as_list(resolve(d.get("Filter")))
+    parms = _as_list(resolve(d.get("DecodeParms")))
+    data = raw
+    for i, flt in enumerate(filters):
+        flt = resolve(flt)
+        parm = resolve(parms[i]) if i < len(parms) else None
+        if flt in ("FlateDecode", "Fl"):
+            dec = zlib.decompressobj()
+            try:
+                data = dec.decompress(data, _MAX_DECODED)
+            except zlib.error:
+                raise _Malformed("bad Flate data") from None
+            if dec.unconsumed_tail:
+                raise _Malformed("stream decodes too large")
+        elif flt in ("ASCIIHexDecode", "AHx"):
+            hexdigits = re.sub(rb"[^0-9A-Fa-f]", b"", data.split(b">", 1)[0])
+            if len(hexdigits) % 2:
+                hexdigits += b"0"
+            data = bytes.fromhex(hexdigits.decode("ascii"))
+        elif flt in ("ASCII85Decode", "A85"):
+            body = re.sub(rb"[\x00\t\n\x0c\r ]", b"", data.split(b"~>", 1)[0])
+            if body.startswith(b"<~"):
+                body = body[2:]
+            data = base64.a85decode(body)
+        elif flt == "Crypt":
+            continue
+        else:
+            raise _Malformed(f"unsupported filter {flt!r}")
+        if isinstance(parm, dict):
+            predictor = _as_int(resolve(parm.get("Predictor"))) or 1
+            if predictor >= 10:
+                data = _png_unpredict(
+                    data,
+                    _as_int(resolve(parm.get("Columns"))) or 1,
+                    _as_int(resolve(parm.get("Colors"))) or 1,
+                    _as_int(resolve(parm.get("BitsPerComponent"))) or 8,
+                )
+            elif predictor != 1:
+                raise _Malformed("unsupported predictor")
+    return data
+
+
+def _count_pdf(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    return _Pdf(f, size, head).count(), None
+
+
+# --------------------------------------------------------------------------
+# PostScript (DSC)
+# --------------------------------------------------------------------------
+
+_DSC_RE = re.compile(
+    rb"(?:^|(?<=[\r\n]))%%(Pages|Page|BeginDocument|EndDocument|BeginData|EndData"
+    rb"|BeginBinary|EndBinary|Trailer)(:?)([^\r\n]*)"
+)
+_DSC_NESTING_OPEN = {b"BeginDocument", b"BeginData", b"BeginBinary"}
+_DSC_NESTING_CLOSE = {b"EndDocument", b"EndData", b"EndBinary"}
+
+
+def _count_postscript(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    """DSC: %%Pages (or its (atend) trailer value), cross-checked with %%Page: comments.
+
+    Pages of embedded documents (%%BeginDocument ... %%EndDocument) do not
+    count.  When both are present the larger of the two wins: a document
+    claiming fewer pages than it marks is not believed.
+    """
+    f.seek(0)
+    depth = 0
+    header_pages: int | None = None
+    trailer_pages: int | None = None
+    in_trailer = False
+    page_comments = 0
+    carry = b""
+    while True:
+        data = f.read(_CHUNK)
+        text = carry + data
+        if data:
+            cut = max(text.rfind(b"\n"), text.rfind(b"\r"))
+            if cut < 0:
+                carry = text[:4096]  # a very long line: only its start can matter
+                continue
+            carry = text[cut + 1 :]
+            text = text[: cut + 1]
+        else:
+            carry = b""
+        for m in _DSC_RE.finditer(text):
+            kw, colon, rest = m.group(1), m.group(2), m.group(3)
+            if kw in _DSC_NESTING_OPEN:
+                depth += 1
+            elif kw in _DSC_NESTING_CLOSE:
+                depth = max(0, depth - 1)
+            elif depth:
+                continue
+            elif kw == b"Page":
+                if colon:
+                    page_comments += 1
+            elif kw == b"Pages":
+                if not colon:
+                    continue
+                value = rest.strip()
+                n = re.match(rb"\d+", value)
+                if n is None:
+                    continue
+                if in_trailer:
+                    trailer_pages = int(n.group())
+                elif header_pages is None:
+                    header_pages = int(n.group())
+            elif kw == b"Trailer":
+                in_trailer = True
+        if not data:
+            break
+    declared = trailer_pages if trailer_pages is not None else header_pages
+    if declared is None:
+        return (page_comments or None), None
+    return max(declared, page_comments), None
+
+
+# --------------------------------------------------------------------------
+# Raster formats (PWG / CUPS raster, Apple URF)
+# --------------------------------------------------------------------------
+
+
+class _Reader:
+    """Buffered sequential reader with byte-at-a-time access."""
+
+    __slots__ = ("buf", "f", "pos")
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.buf = b""
+        self.pos = 0
+
+    def _fill(self) -> bool:
+        rest = self.buf[self.pos :]
+        more = self.f.read(_CHUNK)
+        if not more:
+            return False
+        self.buf = rest + more
+        self.pos = 0
+        return True
+
+    def byte(self) -> int:
+        if self.pos >= len(self.buf) and not self._fill():
+            return -1
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n:
+            if not self._fill():
+                break
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def skip(self, n: int) -> bool:
+        avail = len(self.buf) - self.pos
+        if n <= avail:
+            self.pos += n
+            return True
+        n -= avail
+        self.buf = b""
+        self.pos = 0
+        here = self.f.tell()
+        end = self.f.seek(0, os.SEEK_END)
+        if here + n > end:
+            return False
+        self.f.seek(here + n)
+        return True
+
+
+def _skip_packed_lines(r: _Reader, lines: int, bytes_per_line: int, unit: int) -> bool:
+    """Skip run-length packed raster lines (the CUPS v2 / PWG / URF scheme)."""
+    if bytes_per_line <= 0 or unit <= 0:
+        return False
+    y = 0
+    while y < lines:
+        rep = r.byte()
+        if rep < 0:
+            return False
+        y += rep + 1
+        remaining = bytes_per_line
+        while remaining > 0:
+            c = r.byte()
+            if c < 0:
+                return False
+            if c == 128:  # clear to end of line
+                break
+            n = (c + 1) * unit if c < 128 else (257 - c) * unit
+            if c < 128:
+                if not r.skip(unit):
+                    return False
+            elif not r.skip(n):
+                return False
+            remaining -= n
+    return True
+
+
+_CUPS_HEADER = 1796
+_CUPS_MONO_SPACES = {0, 3, 12, 13, 14, 18, 32, 48}  # W, K, WHITE, GOLD, SILVER, SW, ICC1, Device1
+_CUPS_COLOUR_SPACES = {1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16, 17, 19, 20}
+
+
+def _count_cups_raster(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    f.seek(0)
+    sync = f.read(4)
+    if sync in (b"RaS2", b"RaS3"):
+        endian = ">"
+    elif sync in (b"2SaR", b"3SaR"):
+        endian = "<"
+    else:
+        return None, None
+    compressed = sync in (b"RaS2", b"2SaR")
+    r = _Reader(f)
+    pages = 0
+    colour = False
+    while True:
+        hdr = r.read(_CUPS_HEADER)
+        if not hdr:
+            break
+        if len(hdr) < _CUPS_HEADER:
+            if pages == 0:
+                return None, None
+            break
+        width, height, _mt, bpc, bpp, bpl, order, cspace, _comp = struct.unpack_from(
+            endian + "9I", hdr, 372
+        )
+        (num_colors,) = struct.unpack_from(endian + "I", hdr, 420)
+        if not (0 < width <= 1 << 20 and 0 < height <= 1 << 22 and 0 < bpp <= 240):
+            raise _Malformed("implausible raster page header")
+        if bpl < (width * bpp + 7) // 8 and order == 0:
+            raise _Malformed("bytes per line too small")
+        pages += 1
+        if cspace in _CUPS_COLOUR_SPACES or (cspace not in _CUPS_MONO_SPACES and num_colors > 1):
+            colour = True
+        lines = height * (num_colors if order == 2 and num_colors > 0 else 1)
+        if compressed:
+            unit = max(1, (bpc if order else bpp) // 8)
+            if not _skip_packed_lines(r, lines, bpl, unit):
+                break  # truncated last page: it still counts
+        elif not r.skip(bpl * lines):
+            break
+    return pages, colour
+
+
+_URF_COLOUR_SPACES = {1, 2, 3, 5, 6}  # sRGB, CIELab, AdobeRGB, RGB, CMYK (0/4 are grey)
+
+
+def _count_urf(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    f.seek(0)
+    if f.read(8) != b"UNIRAST\x00":
+        return None, None
+    r = _Reader(f)
+    declared_raw = r.read(4)
+    if len(declared_raw) < 4:
+        return None, None
+    declared = struct.unpack(">I", declared_raw)[0]
+    pages = 0
+    colour = False
+    complete = True
+    while True:
+        hdr = r.read(32)
+        if not hdr:
+            break
+        if len(hdr) < 32:
+            complete = False
+            break
+        bpp, cspace = hdr[0], hdr[1]
+        width, height = struct.unpack_from(">II", hdr, 12)
+        plausible = 0 < width <= 1 << 20 and 0 < height <= 1 << 22
+        if bpp not in (1, 8, 16, 24, 32, 48, 64) or not plausible:
+            raise _Malformed("implausible URF page header")
+        pages += 1
+        colour = colour or cspace in _URF_COLOUR_SPACES
+        if not _skip_packed_lines(r, height, (width * bpp + 7) // 8, max(1, bpp // 8)):
+            complete = False
+            break
+    if pages == 0:
+        return None, None
+    if not complete and declared > pages:
+        pages = declared  # truncated, but the header says how many were meant
+    return pages, colour
+
+
+# --------------------------------------------------------------------------
+# PCL XL (PCL 6)
+# --------------------------------------------------------------------------
+
+_PXL_ELEMENT_SIZE = (1, 2, 4, 2, 4, 4)  # ubyte, uint16, uint32, sint16, sint32, real32
+_PXL_ELEMENT_FORMAT = "BHIhif"
+_PXL_ELEMENT_FULL_SCALE = (255.0, 65535.0, 4294967295.0, 32767.0, 2147483647.0, 1.0)
+_PXL_WHITESPACE = frozenset(b"\x00\x09\x0a\x0b\x0c\x0d\x20")
+_PXL_BEGIN_PAGE = 0x43
+_PXL_SET_COLOR_SPACE = 0x6A
+_PXL_SET_SOURCES = (0x63, 0x79)  # SetBrushSource, SetPenSource
+_PXL_BEGIN_RASTER = (0xB0, 0xB3)  # BeginImage, BeginRastPattern
+_PXL_ATTR_COLOR_SPACE = 3
+_PXL_ATTR_PALETTE_DATA = 6
+_PXL_ATTR_RGB_COLOR = 11
+_PXL_RGB_SPACES = {2, 6}  # eRGB, eSRGB (eGray = 1)
+_PXL_NEUTRAL_TOLERANCE = 8 / 255  # drivers' RGB greys are rarely exactly neutral
+
+_PxlValue: TypeAlias = "int | float | tuple[float, ...] | None"
+
+
+def _pxl_neutral(values: tuple[float, ...]) -> bool:
+    """Whether every RGB triple in *values* (normalised to 0..1) is (nearly) grey."""
+    for i in range(0, len(values) - 2, 3):
+        r, g, b = values[i], values[i + 1], values[i + 2]
+        if max(r, g, b) - min(r, g, b) > _PXL_NEUTRAL_TOLERANCE:
+            return False
+    return True
+
+
+def _count_pclxl(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    """Count BeginPage operators by tokenising the PCL XL stream properly.
+
+    Colour: a page is colour when, in an RGB colour space, it selects a
+    non-grey RGBColor, or a palette with non-grey entries, or draws an
+    image/raster pattern with direct RGB pixels (assumed colour; decoding the
+    pixels would be too costly).  Greys sent as RGB (as ghostscript's
+    pxlcolor does for CMYK black) do not count as colour.
+    """
+    m = _PCLXL_HEADER_RE.search(head)
+    if m is None:
+        return None, None
+    nl = head.find(b"\n", m.end())
+    if nl < 0:
+        return None, None
+    # Binding: '(' is high byte first, ')' low byte first (what ghostscript
+    # and most Windows drivers write).
+    big = head[m.start()] == 0x28
+    prefix = ">" if big else "<"
+    f.seek(nl + 1)
+    r = _Reader(f)
+    pages = 0
+    colour = False
+    rgb_space = False
+    palette: tuple[float, ...] | None = None
+    value: _PxlValue = None
+    attrs: dict[int, _PxlValue] = {}
+    while True:
+        t = r.byte()
+        if t < 0:
+            break  # end of data (a truncated job prints what it got)
+        if t in _PXL_WHITESPACE:
+            continue
+        if 0xC0 <= t <= 0xE5:
+            kind, etype = t & 0xF8, t & 0x07
+            if etype > 5 or kind not in (0xC0, 0xC8, 0xD0, 0xE0):
+                raise _Malformed(f"bad PCL XL data type 0x{t:02x}")
+            esize = _PXL_ELEMENT_SIZE[etype]
+            if kind == 0xC8:
+                ltag = r.byte()
+                if ltag not in (0xC0, 0xC1, 0xC2):
+                    if ltag < 0:
+                        break
+                    raise _Malformed("bad PCL XL array length")
+                lsize = _PXL_ELEMENT_SIZE[ltag & 0x07]
+                raw = r.read(lsize)
+                if len(raw) < lsize:
+                    break
+                count = int.from_bytes(raw, "big" if big else "little")
+            else:
+                count = {0xC0: 1, 0xD0: 2, 0xE0: 4}[kind]
+            nbytes = count * esize
+            if nbytes > 4096:  # big arrays (e.g. image data) are never needed
+                value = None
+                if not r.skip(nbytes):
+                    break
+                continue
+            raw = r.read(nbytes)
+            if len(raw) < nbytes:
+                break
+            items = struct.unpack(f"{prefix}{count}{_PXL_ELEMENT_FORMAT[etype]}", raw)
+            if kind == 0xC0:
+                value = items[0]
+            else:  # arrays are kept normalised to 0..1 (colours, palettes)
+                full = _PXL_ELEMENT_FULL_SCALE[etype]
+                value = tuple(float(x) / full for x in items)
+            continue
+        if t in (0xF8, 0xF9):
+            if t == 0xF8:
+                aid = r.byte()
+                if aid < 0:
+                    break
+            else:
+                raw = r.read(2)
+                if len(raw) < 2:
+                    break
+                aid = struct.unpack(prefix + "H", raw)[0]
+            attrs[aid] = value
+            value = None
+            continue
+        if t == 0xFA:
+            raw = r.read(4)
+            if len(raw) < 4 or not r.skip(struct.unpack(prefix + "I", raw)[0]):
+                break
+            continue
+        if t == 0xFB:
+            n = r.byte()
+            if n < 0 or not r.skip(n):
+                break
+            continue
+        if 0x41 <= t <= 0xBF:
+            if t == _PXL_BEGIN_PAGE:
+                pages += 1
+            elif t == _PXL_SET_COLOR_SPACE:
+                rgb_space = attrs.get(_PXL_ATTR_COLOR_SPACE) in _PXL_RGB_SPACES
+                pal = attrs.get(_PXL_ATTR_PALETTE_DATA)
+                palette = pal if isinstance(pal, tuple) else None
+                if rgb_space and palette is not None and not _pxl_neutral(palette):
+                    colour = True
+            elif rgb_space and t in _PXL_SET_SOURCES:
+                rgb = attrs.get(_PXL_ATTR_RGB_COLOR)
+                if isinstance(rgb, tuple) and not _pxl_neutral(rgb):
+                    colour = True
+            elif rgb_space and t in _PXL_BEGIN_RASTER and palette is None:
+                colour = True
+            attrs.clear()
+            value = None
+            continue
+        if t == 0x1B:  # UEL: the end of the PCL XL stream
+            break
+        raise _Malformed(f"bad PCL XL tag 0x{t:02x}")
+    return pages, colour
+
+
+# --------------------------------------------------------------------------
+# Single-image formats
+# --------------------------------------------------------------------------
+
+
+def _count_png(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    f.seek(8)
+    colour_type: int | None = None
+    for _ in range(10_000):
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            break
+        length, ctype = struct.unpack(">I4s", hdr)
+        if ctype == b"IHDR":
+            data = f.read(13)
+            if len(data) < 13:
+                break
+            colour_type = data[9]
+            if colour_type != 3:
+                return 1, colour_type in (2, 6)
+            f.seek(length - 13 + 4, os.SEEK_CUR)
+            continue
+        if ctype == b"PLTE" and colour_type == 3:
+            pal = f.read(min(length, 768))
+            grey = all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+            return 1, not grey
+        if ctype in (b"IDAT", b"IEND"):
+            break
+        f.seek(length + 4, os.SEEK_CUR)
+    return (1, None) if colour_type is not None else (None, None)
+
+
+def _count_jpeg(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    f.seek(2)
+    for _ in range(10_000):
+        marker = f.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            break
+        code = marker[1]
+        if code == 0xFF:
+            f.seek(-1, os.SEEK_CUR)
+            continue
+        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:
+            continue
+        raw = f.read(2)
+        if len(raw) < 2:
+            break
+        (length,) = struct.unpack(">H", raw)
+        if 0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC):
+            sof = f.read(6)
+            if len(sof) < 6:
+                break
+            return 1, sof[5] >= 3
+        if code in (0xD9, 0xDA):
+            break
+        f.seek(length - 2, os.SEEK_CUR)
+    return None, None
+
+
+_COUNTERS: dict[str, _Counter] = {
+    PDF: _count_pdf,
+    POSTSCRIPT: _count_postscript,
+    PWG_RASTER: _count_cups_raster,
+    CUPS_RASTER: _count_cups_raster,
+    URF: _count_urf,
+    PCLXL: _count_pclxl,
+    PNG: _count_png,
+    JPEG: _count_jpeg,
+}
