@@ -36,7 +36,8 @@ def _setup_logging(level: str) -> None:
 
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
+    observer: Any = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer],
                                      redirectStandardIO=False)
 
 
@@ -54,9 +55,12 @@ def serve_command(args: argparse.Namespace) -> int:
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as installed
 
     from appliance.app import build_site
+
+    reactor: Any = installed
 
     _setup_logging(config.log_level)
     log = logging.getLogger("outpost")
@@ -70,18 +74,18 @@ def serve_command(args: argparse.Namespace) -> int:
 
     def failed(failure: Any) -> None:
         log.error("start-up failed: %s", failure.getTraceback())
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     def stop(signum: int, frame: Any) -> None:
         log.info("signal %d: stopping", signum)
-        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+        reactor.callFromThread(reactor.stop)
 
-    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()).addErrback(failed))  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()).addErrback(failed))
+    reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(site.stop()))
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)
     return 0
 
 

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from appliance.core import documents
 from appliance.core.charging import CostPolicy, Quote, quote_print
+from appliance.core.deferreds import observe
 from appliance.core.model import TERMINAL_STATES, Job, JobOptions, JobState, Queue
 from appliance.storage.spool import IncomingDocument, Spool, SpoolFull
 
@@ -189,7 +191,12 @@ class PrintService:
 
     def _ready(self, job: Job) -> None:
         assert self.on_ready is not None
-        d = defer.ensureDeferred(self.on_ready(job))
+
+        async def send() -> None:
+            assert self.on_ready is not None
+            await self.on_ready(job)
+
+        d = defer.ensureDeferred(send())
         d.addErrback(lambda f: log.error("sending job %d failed: %s", job.id, f.getTraceback()))
 
     @staticmethod
@@ -219,10 +226,15 @@ class PrintService:
         and a client must not wait for it. Release waits for it (`analysed`)."""
         if job.id in self._analysis:
             return
-        d = defer.ensureDeferred(self._analyse(job))
+        d: defer.Deferred[None] = defer.ensureDeferred(self._analyse(job))
         self._analysis[job.id] = d
-        d.addBoth(lambda result: (self._analysis.pop(job.id, None), result)[1])
-        d.addErrback(lambda f: log.error("analysing job %d failed: %s", job.id, f.getTraceback()))
+
+        def done(result: Any) -> None:
+            self._analysis.pop(job.id, None)
+            if isinstance(result, Failure):
+                log.error("analysing job %d failed: %s", job.id, result.getTraceback())
+
+        d.addBoth(done)
 
     async def _analyse(self, job: Job) -> None:
         colour: bool | None = None
@@ -243,9 +255,7 @@ class PrintService:
             self._start_analysis(job)
         pending = self._analysis.get(job.id)
         if pending is not None:
-            waiter: defer.Deferred[None] = defer.Deferred()
-            pending.addBoth(lambda r: (waiter.callback(None), r)[1])
-            await waiter
+            await observe(pending)
         fresh = await self.store.job(job.id)
         assert fresh is not None
         return fresh

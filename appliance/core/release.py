@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from appliance.core.charging import CostPolicy, affordable, price_impressions
+from appliance.core.deferreds import observe
 from appliance.core.jobs import FINDME, JobError, PrintService
 from appliance.core.model import Device, Job, JobState
 
@@ -163,23 +165,28 @@ class ReleaseService:
         await self.store.update_job(job.id, remote_job_uri=handle)
         following = defer.ensureDeferred(self._follow(job, device, handle, account_id, policy))
         self._following[job.id] = following
-        following.addBoth(lambda r: (self._following.pop(job.id, None), r)[1])
+
+        def forget(result: Any) -> Any:
+            self._following.pop(job.id, None)
+            return result
+
+        def broken(failure: Failure) -> JobResult:
+            # A bug while following: keep the job as it is (PROCESSING), charge nothing
+            # here; the restart recovery follows it again.
+            log.error("following job %d failed: %s", job.id, failure.getTraceback())
+            return JobResult(job.id, False, "internal_error", "could not follow the job")
+
+        following.addErrback(broken)
+        following.addBoth(forget)
         return await self._wait(job, following)
 
     async def _wait(self, job: Job, following: defer.Deferred[JobResult]) -> JobResult:
         """Wait for the device to finish, but answer the panel by `follow_timeout`."""
-        done: defer.Deferred[JobResult | None] = defer.Deferred()
-        following.addCallback(lambda r: (done.called or done.callback(r), r)[1])
-        following.addErrback(lambda f: (done.called or done.errback(f), f)[1])
-        timer = self.reactor.callLater(self.follow_timeout,
-                                       lambda: done.called or done.callback(None))
-        result = await done
-        if timer.active():
-            timer.cancel()
-        if result is None:
+        try:
+            return await observe(following).addTimeout(self.follow_timeout, self.reactor)
+        except defer.TimeoutError:
             return JobResult(job.id, True, processing=True,
                              message="still printing; it is charged when it completes")
-        return result
 
     async def _follow(self, job: Job, device: Device, handle: str, account_id: int | None,
                       policy: CostPolicy) -> JobResult:

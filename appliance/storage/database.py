@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable

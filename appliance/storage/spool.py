@@ -43,7 +43,7 @@ class IncomingDocument:
         self.temp_path = spool.incoming / f"{self.name}.part"
         self.size = 0
         self.head = b""
-        self._file: BinaryIO | None = open(self.temp_path, "wb")  # noqa: SIM115 - closed in commit/discard
+        self._file: BinaryIO | None = open(self.temp_path, "wb")
 
     def write(self, data: bytes) -> None:
         """Append a chunk; raises SpoolFull (and discards) past a cap."""

@@ -388,12 +388,12 @@ class SiteStore:
 
         def work(db: sqlite_utils.Database) -> tuple[Job, LedgerResult]:
             inserted = False
-            if account_id is not None and amount:
-                if _one(db, "SELECT 1 FROM ledger WHERE entry_id = ?", (entry_id,)) is None:
-                    _insert_ledger(db, entry_id, account_id, -amount, "charge", "print", body,
-                                   job_id=job_id, device=device, impressions=impressions,
-                                   colour=colour)
-                    inserted = True
+            fresh = _one(db, "SELECT 1 FROM ledger WHERE entry_id = ?", (entry_id,)) is None
+            if account_id is not None and amount and fresh:
+                _insert_ledger(db, entry_id, account_id, -amount, "charge", "print", body,
+                               job_id=job_id, device=device, impressions=impressions,
+                               colour=colour)
+                inserted = True
             if completed:
                 db.conn.execute(
                     "UPDATE jobs SET state = 'completed', state_reasons = 'job-completed-successfully', "

@@ -38,10 +38,12 @@ def lab_up_command(args: argparse.Namespace) -> int:
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as installed
 
     from simulators.lab.lab import Lab, LabOptions
 
+    reactor: Any = installed
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s lab %(levelname)s %(message)s")
     lab = Lab(LabOptions(args.dir, mfds=args.mfds, seed=args.seed, users=args.users), reactor)
@@ -54,7 +56,7 @@ def lab_up_command(args: argparse.Namespace) -> int:
             logging.getLogger("outpost.lab").error("lab failed to start: %s", exc)
             status["code"] = 1
             await lab.stop()
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
             return
         print(json.dumps({"event": "ready", "endpoints": str(lab.endpoints_path),
                           "site_pid": endpoints["sites"][0]["pid"]}), flush=True)
@@ -68,14 +70,14 @@ def lab_up_command(args: argparse.Namespace) -> int:
 
         def shutdown() -> None:
             d = defer.ensureDeferred(lab.stop())
-            d.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+            d.addBoth(lambda _: reactor.stop())
 
-        reactor.callFromThread(shutdown)  # type: ignore[attr-defined]
+        reactor.callFromThread(shutdown)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
+    reactor.run(installSignalHandlers=False)
     return status["code"]
 
 

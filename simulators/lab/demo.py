@@ -236,7 +236,7 @@ def run_demo(directory: Path | None) -> int:
     lab_dir = Path(tempfile.mkdtemp(prefix="outpost-demo-")) if directory is None else directory
     lab_dir.mkdir(parents=True, exist_ok=True)
     print(f"Starting a lab in {lab_dir}: one site, two simulated MFDs, ten users ...", flush=True)
-    lab_log = open(lab_dir / "lab.log", "ab")  # noqa: SIM115
+    lab_log = open(lab_dir / "lab.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "lab", "up", "--dir", str(lab_dir), "--mfds",
          "2"], stdout=lab_log, stderr=subprocess.STDOUT, start_new_session=True)

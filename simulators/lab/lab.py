@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import random
-import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -135,9 +135,13 @@ class SupervisedSite:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        logfile = open(self.log_path, "ab")
+        # A wrapper command (e.g. `strace -f -o FILE`) may be put in front of the site, so
+        # that tests can watch its system calls; the lab is otherwise unchanged by it.
+        prefix = shlex.split(os.environ.get("OUTPOST_LAB_SITE_PREFIX", ""))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(self.config_path)],
+            [*prefix, sys.executable, "-m", "appliance.cli", "serve", "--config",
+             str(self.config_path)],
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

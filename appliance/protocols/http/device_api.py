@@ -118,7 +118,8 @@ class DeviceApi(resource.Resource):
             return 409, {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
 
     async def _route(self, request: Request) -> tuple[int, dict[str, Any]]:
-        path = "/".join(p.decode("utf-8", "replace") for p in request.postpath if p)
+        postpath: list[bytes] = getattr(request, "postpath", [])
+        path = "/".join(p.decode("utf-8", "replace") for p in postpath if p)
         method = request.method
         device = (request.getHeader("x-outpost-device") or "").strip()
         handler = self._routes.get((method, path))

@@ -39,7 +39,7 @@ class _HeadThenFile(io.RawIOBase):
 
     def __init__(self, head: bytes, path: Path | None) -> None:
         self._head = head
-        self._file = open(path, "rb") if path is not None else None  # noqa: SIM115
+        self._file = open(path, "rb") if path is not None else None
         self._file_size = os.fstat(self._file.fileno()).st_size if self._file else 0
         self._pos = 0
 

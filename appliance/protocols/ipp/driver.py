@@ -11,7 +11,7 @@ from . import codec
 from .client import IppClient, IppClientError
 from .constants import GroupTag, JobState, Operation, Status, ValueTag
 
-_STATES = {
+_STATES: dict[int, str] = {
     JobState.PENDING: "pending",
     JobState.PENDING_HELD: "pending",
     JobState.PROCESSING: "processing",
