@@ -139,7 +139,8 @@ for src in mixed5 mono3; do
     $GS -sDEVICE=pwgraster -r36 -dcupsColorSpace=19 -dcupsBitsPerColor=8 \
         -o "$src-srgb.pwg" "$src.ps" 2>/dev/null
 done
-$GS -sDEVICE=pdfwrite -dCompatibilityLevel=1.5 -o mixed5-gs15.pdf mixed5.ps
+# ghostscript's urf device writes 1-bit sGray pages
+$GS -sDEVICE=urf -r36 -o mono3.urf mono3.ps 2>/dev/null
 
 # --- qpdf restructuring: xref streams, object streams, linearization, crypt --
 qpdf --object-streams=generate mixed5.pdf mixed5-objstm.pdf
