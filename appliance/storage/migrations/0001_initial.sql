@@ -32,6 +32,7 @@ CREATE TABLE identities (
 );
 CREATE UNIQUE INDEX identities_card_lookup ON identities(lookup) WHERE kind = 'card';
 CREATE UNIQUE INDEX identities_user_secret ON identities(user_id, kind) WHERE kind IN ('pin', 'password');
+CREATE INDEX identities_user ON identities(user_id, kind);
 
 -- Append-only. `entry_id` is made where the charge happened and makes a retry harmless.
 CREATE TABLE ledger (
