@@ -329,3 +329,22 @@ def serve_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     reactor.run(installSignalHandlers=False)
     return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`outpost sim` with only the MFD commands, for `python -m simulators.mfd.cli`."""
+    parser = argparse.ArgumentParser(prog="python -m simulators.mfd.cli")
+    commands = parser.add_subparsers(dest="sim_command", metavar="SIMULATOR")
+    commands.required = True
+    register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

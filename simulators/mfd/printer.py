@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -509,15 +509,13 @@ class SimulatedMfd:
         doc_format = None if job.document_format == "application/octet-stream" else (
             job.document_format
         )
+        # count_pages is pure Python and streams from disk (no subprocess), so it
+        # runs here: a job without page delay then completes in this very turn
+        # of the reactor, before its submitter can ask how it went.
         if job.spool is not None:
-            pages, doc_colour = await threads.deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), count_document, job.spool, doc_format
-            )
+            pages, doc_colour = count_document(job.spool, doc_format)
         else:
             pages, doc_colour = 0, False
-        if job.state != JobState.PROCESSING or self._stopping:
-            self._discard_spool(job)
-            return
         job.pages = pages
         counted = 1 if pages is None else pages
         job.impressions = math.ceil(counted / job.number_up) * job.copies
