@@ -303,9 +303,7 @@ def capture(out: Path, verbose: bool) -> list[Path]:
             for prefix, argv in runs:
                 server.prefix = prefix
                 server.saved.clear()
-                result = subprocess.run(
-                    argv, env=env, cwd=work, capture_output=True, text=True, timeout=60
-                )
+                result = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, timeout=60)
                 if verbose or result.returncode != 0:
                     print(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}", file=sys.stderr)
                 if result.returncode != 0:

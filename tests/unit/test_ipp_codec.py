@@ -57,13 +57,7 @@ def field(tag: int, name: bytes | str, value: bytes | str = b"") -> bytes:
     """One tag/name/value triple, exactly as on the wire."""
     name_b = name.encode() if isinstance(name, str) else name
     value_b = value.encode() if isinstance(value, str) else value
-    return (
-        bytes([tag])
-        + struct.pack(">H", len(name_b))
-        + name_b
-        + struct.pack(">H", len(value_b))
-        + value_b
-    )
+    return bytes([tag]) + struct.pack(">H", len(name_b)) + name_b + struct.pack(">H", len(value_b)) + value_b
 
 
 def op_prefix() -> bytes:
@@ -216,17 +210,13 @@ def test_ipptool_print_job_media_col() -> None:
     assert size.tag == ValueTag.BEG_COLLECTION
     assert size.value["x-dimension"] == Attribute("x-dimension", ValueTag.INTEGER, [10160])
     assert size.value["y-dimension"] == Attribute("y-dimension", ValueTag.INTEGER, [15240])
-    assert all(
-        col[f"media-{side}-margin"].values == [0] for side in ["left", "right", "top", "bottom"]
-    )
+    assert all(col[f"media-{side}-margin"].values == [0] for side in ["left", "right", "top", "bottom"])
     quality = m.group(JOB).get("print-quality")  # type: ignore[union-attr]
     assert quality == Attribute("print-quality", ValueTag.ENUM, [5])  # high
     assert m.data.startswith(b"%PDF-")
 
 
-@pytest.mark.parametrize(
-    "name", ["lp-01-get-printer-attributes.bin", "lp-02-get-printer-attributes.bin"]
-)
+@pytest.mark.parametrize("name", ["lp-01-get-printer-attributes.bin", "lp-02-get-printer-attributes.bin"])
 def test_lp_get_printer_attributes_for_destination(name: str) -> None:
     _, m = load(name)
     assert m.version == (2, 0)
@@ -368,9 +358,7 @@ def test_encoder_refuses_what_the_decoder_would() -> None:
     # a collection that contains itself is refused rather than recursing forever
     cyclic: dict[str, Attribute] = {}
     cyclic["self"] = Attribute("self", ValueTag.BEG_COLLECTION, [cyclic])
-    looped = codec.request(
-        Operation.PRINT_JOB, 1, extra=[attr("c", ValueTag.BEG_COLLECTION, cyclic)]
-    )
+    looped = codec.request(Operation.PRINT_JOB, 1, extra=[attr("c", ValueTag.BEG_COLLECTION, cyclic)])
     with pytest.raises(EncodeError):
         encode(looped)
 
@@ -493,9 +481,7 @@ def test_fixed_length_values(tag: int, good: int, fragment: str) -> None:
 def test_fixed_length_value_types() -> None:
     resolution = struct.pack(">iib", 600, 1200, 3)
     assert decode(one(ValueTag.RESOLUTION, resolution)).get(OP, "x") == Resolution(600, 1200, 3)
-    assert decode(one(ValueTag.RANGE_OF_INTEGER, struct.pack(">ii", -5, 99))).get(
-        OP, "x"
-    ) == IntRange(-5, 99)
+    assert decode(one(ValueTag.RANGE_OF_INTEGER, struct.pack(">ii", -5, 99))).get(OP, "x") == IntRange(-5, 99)
 
 
 @pytest.mark.parametrize(
@@ -695,9 +681,7 @@ def test_decoder_matches_decode_on_errors() -> None:
 def test_value_length_limit() -> None:
     limit = codec.MAX_VALUE_LENGTH
     assert limit == 32767
-    ok = codec.request(
-        Operation.PRINT_JOB, 1, extra=[attr("x", ValueTag.OCTET_STRING, b"a" * limit)]
-    )
+    ok = codec.request(Operation.PRINT_JOB, 1, extra=[attr("x", ValueTag.OCTET_STRING, b"a" * limit)])
     assert decode(encode(ok)) == ok
     for tag, value in [
         (ValueTag.OCTET_STRING, b"a" * (limit + 1)),
@@ -847,9 +831,7 @@ def test_encode_accepts_convenient_python_values() -> None:
 
 
 def test_datetime_octets() -> None:
-    when = datetime(
-        2024, 2, 29, 23, 59, 58, 300000, tzinfo=timezone(timedelta(hours=5, minutes=30))
-    )
+    when = datetime(2024, 2, 29, 23, 59, 58, 300000, tzinfo=timezone(timedelta(hours=5, minutes=30)))
     raw = DateTime.from_datetime(when).raw
     assert raw == bytes([0x07, 0xE8, 2, 29, 23, 59, 58, 3]) + b"+" + bytes([5, 30])
     assert DateTime(raw).to_datetime() == when
@@ -891,9 +873,7 @@ def test_request_and_response_builders() -> None:
 
 
 def load_capture_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "capture_ipp", REPO / "scripts" / "capture_ipp.py"
-    )
+    spec = importlib.util.spec_from_file_location("capture_ipp", REPO / "scripts" / "capture_ipp.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["capture_ipp"] = module

@@ -14,6 +14,7 @@ because some clients send them.
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,9 +72,9 @@ class DateTime:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         offset = when.utcoffset() or timedelta(0)
-        minutes = int(offset.total_seconds() // 60)
-        sign = b"+" if minutes >= 0 else b"-"
-        minutes = abs(minutes)
+        seconds = int(offset.total_seconds())
+        sign = b"+" if seconds >= 0 else b"-"
+        minutes = abs(seconds) // 60  # DateAndTime has no seconds in its UTC offset
         raw = (
             struct.pack(
                 ">HBBBBBB",
@@ -94,9 +95,7 @@ class DateTime:
         year, month, day, hour, minute, second, deci = struct.unpack(">HBBBBBB", self.raw[:8])
         sign = -1 if self.raw[8:9] == b"-" else 1
         offset = timedelta(hours=self.raw[9], minutes=self.raw[10]) * sign
-        return datetime(
-            year, month, day, hour, minute, second, deci * 100000, tzinfo=timezone(offset)
-        )
+        return datetime(year, month, day, hour, minute, second, deci * 100000, tzinfo=timezone(offset))
 
 
 @dataclass
@@ -459,7 +458,7 @@ class Decoder:
 
     def _too_large(self) -> ParseError:
         return ParseError(
-            f"attribute section larger than {self._max} octets",
+            f"attribute section too large (over {self._max} octets)",
             Status.CLIENT_ERROR_REQUEST_VALUE_TOO_LONG,
         )
 
@@ -505,18 +504,18 @@ def _length(data: bytes, what: str) -> bytes:
 
 def _utf8(text: str, what: str) -> bytes:
     if not isinstance(text, str):
-        raise EncodeError(f"{what} must be a str, not {text!r}")
+        raise EncodeError(f"{what} must be a str, not {reprlib.repr(text)}")
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        raise EncodeError(f"{what} {text!r} cannot be encoded as UTF-8") from None
+        raise EncodeError(f"{what} {reprlib.repr(text)} cannot be encoded as UTF-8") from None
 
 
 def _pack(fmt: str, value: Any, what: str) -> bytes:
     try:
         return struct.pack(fmt, *value)
     except (struct.error, TypeError) as exc:
-        raise EncodeError(f"cannot encode {value!r} as {what}: {exc}") from None
+        raise EncodeError(f"cannot encode {reprlib.repr(value)} as {what}: {exc}") from None
 
 
 def _encode_value(tag: int, value: Any) -> bytes:
@@ -524,13 +523,13 @@ def _encode_value(tag: int, value: Any) -> bytes:
         return b""
     if tag in (ValueTag.INTEGER, ValueTag.ENUM):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise EncodeError(f"integer tag needs an int, not {value!r}")
+            raise EncodeError(f"integer tag needs an int, not {reprlib.repr(value)}")
         if not -(2**31) <= value < 2**31:
             raise EncodeError(f"integer {value} does not fit in 32 bits")
         return struct.pack(">i", value)
     if tag == ValueTag.BOOLEAN:
         if not isinstance(value, int) or value not in (0, 1):
-            raise EncodeError(f"boolean tag needs a bool, not {value!r}")
+            raise EncodeError(f"boolean tag needs a bool, not {reprlib.repr(value)}")
         return b"\x01" if value else b"\x00"
     if tag == ValueTag.DATE_TIME:
         if isinstance(value, datetime):
@@ -549,7 +548,7 @@ def _encode_value(tag: int, value: Any) -> bytes:
     if tag in (ValueTag.TEXT_WITH_LANGUAGE, ValueTag.NAME_WITH_LANGUAGE):
         if not isinstance(value, tuple) or len(value) != 2:
             raise EncodeError(
-                f"textWithLanguage/nameWithLanguage needs a StringWithLanguage, not {value!r}"
+                f"textWithLanguage/nameWithLanguage needs a StringWithLanguage, not {reprlib.repr(value)}"
             )
         language = _utf8(value[0], "language")
         text = _utf8(value[1], "text")
@@ -558,7 +557,7 @@ def _encode_value(tag: int, value: Any) -> bytes:
         return _utf8(value, "value")
     if isinstance(value, bytes | bytearray):
         return bytes(value)
-    raise EncodeError(f"cannot encode {value!r} with tag 0x{tag:02x}")
+    raise EncodeError(f"cannot encode {reprlib.repr(value)} with tag 0x{tag:02x}")
 
 
 def _check_value_tag(tag: Any) -> None:
@@ -584,20 +583,19 @@ def _encode_one(out: bytearray, tag: int, name: str, value: Any, depth: int) -> 
 def _value_pairs(attribute: Any) -> list[tuple[int, Any]]:
     """(tag, value) for each value of an attribute, checked for shape."""
     if not isinstance(attribute, Attribute):
-        raise EncodeError(f"{attribute!r} is not an Attribute")
+        raise EncodeError(f"{reprlib.repr(attribute)} is not an Attribute")
     if not attribute.values:
-        raise EncodeError(f"attribute {attribute.name!r} has no value")
+        raise EncodeError(f"attribute {reprlib.repr(attribute.name)} has no value")
     tags = attribute.value_tags()
     if len(tags) != len(attribute.values):
-        raise EncodeError(
-            f"attribute {attribute.name!r} has {len(attribute.values)} values but {len(tags)} tags"
-        )
+        name = reprlib.repr(attribute.name)
+        raise EncodeError(f"attribute {name} has {len(attribute.values)} values but {len(tags)} tags")
     return list(zip(tags, attribute.values, strict=True))
 
 
 def _encode_collection(out: bytearray, members: Any, depth: int) -> None:
     if not isinstance(members, dict):
-        raise EncodeError(f"begCollection needs a dict of member attributes, not {members!r}")
+        raise EncodeError(f"begCollection needs a dict of member attributes, not {reprlib.repr(members)}")
     if depth > MAX_COLLECTION_DEPTH:
         # We would refuse to decode it ourselves (and a cycle would never end).
         raise EncodeError(f"collections nested deeper than {MAX_COLLECTION_DEPTH}")
