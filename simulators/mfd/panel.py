@@ -23,6 +23,9 @@ from typing import Any, Literal
 
 USAGE_RETRIES = 2
 RETRY_PAUSE = 0.5
+#: A release answers only once the site has followed the jobs on the device,
+#: for up to its `release_follow_timeout` (120 s by default): wait longer.
+RELEASE_TIMEOUT = 180.0
 
 
 class PanelUnavailable(ConnectionError):
@@ -79,9 +82,13 @@ class Panel:
     def jobs(self) -> dict[str, Any]:
         return self._call("GET", "/jobs")
 
-    def release(self, ids: Sequence[int] | Literal["all"]) -> dict[str, Any]:
+    def release(
+        self, ids: Sequence[int] | Literal["all"], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Release held jobs here; waits up to `timeout` (default: RELEASE_TIMEOUT)."""
         jobs: Any = "all" if ids == "all" else [int(job_id) for job_id in ids]
-        return self._call("POST", "/jobs/release", {"jobs": jobs})
+        wait = max(self.timeout, RELEASE_TIMEOUT) if timeout is None else timeout
+        return self._call("POST", "/jobs/release", {"jobs": jobs}, timeout=wait)
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self._call("DELETE", f"/jobs/{int(job_id)}")
@@ -165,12 +172,19 @@ class Panel:
             with contextlib.suppress(PanelUnavailable):
                 self.logout()
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._scheme == "https":
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         headers = {"X-Outpost-Device": self.device, "Accept": "application/json"}
         if self.session is not None:
             headers["Authorization"] = f"Bearer {self.session}"
@@ -178,7 +192,7 @@ class Panel:
         if body is not None:
             payload = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        connection = self._connection()
+        connection = self._connection(self.timeout if timeout is None else timeout)
         try:
             connection.request(method, self._base + path, body=payload, headers=headers)
             response = connection.getresponse()
