@@ -133,9 +133,7 @@ def sniff_format(head: bytes) -> str | None:
         return JPEG
     if body.startswith(b"\x89PNG\r\n\x1a\n"):
         return PNG
-    if language is not None:
-        if language == PCLXL and not _PCLXL_HEADER_RE.search(body[:256]):
-            return PCLXL if body[:1] in (b"(", b")") else None
+    if language is not None:  # the PJL job header names it
         return language
     if body.startswith(b"\x1bE"):
         return PCL
@@ -356,7 +354,7 @@ _XREF_SUBSECTION_RE = re.compile(_S + rb"*(\d+)" + _S + rb"+(\d+)")
 _XREF_ENTRY_RE = re.compile(_S + rb"*(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + rb"+([fn])")
 _NAME_ESCAPE_RE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _MAX_DEPTH = 64
-_MAX_DECODED = 256 << 20  # decoded xref / object streams beyond this are refused
+_MAX_DECODED = 64 << 20  # decoded xref / object streams beyond this are refused
 _MAX_TREE_NODES = 500_000
 
 
@@ -536,7 +534,7 @@ class _Pdf:
 
     def parse_at(self, offset: int, fn: Callable[[_Lexer], tuple[_Obj, int]]) -> tuple[_Obj, int]:
         """Run *fn* on a window at *offset*, growing the window as needed."""
-        window = 4096
+        window = 1024
         while True:
             data = self.read_at(offset, window)
             eof = offset + len(data) >= self.size
@@ -716,14 +714,20 @@ class _Pdf:
         obj = self.indirect_at(offset)
         if not isinstance(obj, _Stream) or obj.dict.get("Type") != "XRef":
             raise _Malformed("startxref does not point at a cross-reference section")
-        self.read_xref_stream(obj)
+        self.merge(self.read_xref_stream(obj))
         return obj.dict
+
+    def merge(self, section: dict[int, _XrefEntry]) -> None:
+        """Add an older section's entries: newer sections have already won."""
+        for num, entry in section.items():
+            self.xref.setdefault(num, entry)
 
     def read_table(self, offset: int) -> dict[str, _Obj]:
         head = self.read_at(offset, 64)
         pos = offset + head.find(b"xref") + 4
         sub_re = _XREF_SUBSECTION_RE
         entry_re = _XREF_ENTRY_RE
+        section: dict[int, _XrefEntry] = {}
         while True:
             window = self.read_at(pos, 64)
             m = sub_re.match(window)
@@ -741,13 +745,11 @@ class _Pdf:
                     raise _Malformed("bad xref entry")
                 p = e.end()
                 num = start + i
-                if num in self.xref:
-                    continue
                 off = int(e.group(1))
                 if e.group(3) == b"n" and off > 0:
-                    self.xref[num] = _XrefEntry(1, off, int(e.group(2)))
+                    section.setdefault(num, _XrefEntry(1, off, int(e.group(2))))
                 else:
-                    self.xref[num] = _XrefEntry(0, 0, 0)
+                    section.setdefault(num, _XrefEntry(0, 0, 0))
             pos += p
         window = self.read_at(pos, 64)
         t = re.match(rb"[\x00\t\n\x0c\r ]*trailer", window)
@@ -757,16 +759,22 @@ class _Pdf:
         if not isinstance(trailer, dict):
             raise _Malformed("trailer is not a dictionary")
         stm = _as_int(trailer.get("XRefStm"))
-        if stm is not None:  # hybrid file: table entries first, then the stream
+        if stm is not None:
+            # Hybrid-reference file: the stream supplies the objects that the
+            # table leaves out or lists as free (those in object streams).
             try:
                 obj = self.indirect_at(stm)
-                if isinstance(obj, _Stream):
-                    self.read_xref_stream(obj)
+                hidden = self.read_xref_stream(obj) if isinstance(obj, _Stream) else {}
             except (_Malformed, ValueError, zlib.error):
-                pass
+                hidden = {}
+            for num, entry in hidden.items():
+                current = section.get(num)
+                if current is None or (current.kind == 0 and entry.kind != 0):
+                    section[num] = entry
+        self.merge(section)
         return trailer
 
-    def read_xref_stream(self, s: _Stream) -> None:
+    def read_xref_stream(self, s: _Stream) -> dict[int, _XrefEntry]:
         d = s.dict
         data = self.stream_data(s)
         widths = [_as_int(w) for w in _as_list(d.get("W"))]
@@ -779,27 +787,29 @@ class _Pdf:
         size = _as_int(d.get("Size")) or 0
         index = [_as_int(x) for x in _as_list(d.get("Index"))] or [0, size]
         pos = 0
+        section: dict[int, _XrefEntry] = {}
         for k in range(0, len(index) - 1, 2):
             start, count = index[k], index[k + 1]
             if start is None or count is None or start < 0 or count < 0:
                 raise _Malformed("bad /Index")
             for i in range(count):
                 if pos + row > len(data):
-                    return
+                    return section
                 kind = int.from_bytes(data[pos : pos + w1], "big") if w1 else 1
                 a = int.from_bytes(data[pos + w1 : pos + w1 + w2], "big")
                 b = int.from_bytes(data[pos + w1 + w2 : pos + row], "big")
                 pos += row
                 num = start + i
-                if num in self.xref:
+                if num in section:
                     continue
                 if kind == 1 and a > 0:
-                    self.xref[num] = _XrefEntry(1, a, b)
+                    section[num] = _XrefEntry(1, a, b)
                 elif kind == 2:
-                    self.xref[num] = _XrefEntry(2, a, b)
-                elif kind == 0:
-                    self.xref[num] = _XrefEntry(0, 0, 0)
+                    section[num] = _XrefEntry(2, a, b)
+                elif kind in (0, 1):
+                    section[num] = _XrefEntry(0, 0, 0)
                 # other types are reserved: ignore, as the spec says
+        return section
 
     # -- pages ---------------------------------------------------------------
 
@@ -956,6 +966,8 @@ def _png_unpredict(data: bytes, columns: int, colors: int, bpc: int) -> bytes:
     rowlen = (colors * bpc * columns + 7) // 8
     if rowlen <= 0:
         raise _Malformed("bad predictor parameters")
+    if rowlen >= len(data):  # not even one row (also guards huge /Columns)
+        return b""
     out = bytearray()
     prev = bytearray(rowlen)
     pos = 0
