@@ -561,6 +561,38 @@ def test_duplicate_group_tags_are_kept_apart() -> None:
     assert encode(m) == op_prefix() + body + b"\x03"
 
 
+def test_repeated_attribute_lenient_and_strict() -> None:
+    body = (
+        field(ValueTag.INTEGER, "copies", b"\0\0\0\x64")
+        + field(ValueTag.KEYWORD, "sides", "one-sided")
+        + field(ValueTag.INTEGER, "copies", b"\0\0\0\1")
+    )
+    raw = op_prefix() + b"\x02" + body + b"\x03"
+    lenient = decode(raw)
+    job = lenient.group(JOB)
+    assert job is not None
+    # the last occurrence's value, at the first one's place
+    assert list(job.attributes) == ["copies", "sides"] and job.attributes["copies"].values == [1]
+    assert decoder_result(raw) == lenient
+    with pytest.raises(ParseError, match="twice in a group") as caught:
+        decode(raw, strict=True)
+    assert caught.value.status == Status.CLIENT_ERROR_BAD_REQUEST
+    with pytest.raises(ParseError, match="twice in a group"):
+        Decoder(strict=True).feed(raw)
+    # the same name in different groups is not a repeat
+    twice = op_prefix() + b"\x02" + field(ValueTag.KEYWORD, "attributes-charset", "x") + b"\x03"
+    assert decode(twice, strict=True).get(JOB, "attributes-charset") == "x"
+    member = field(ValueTag.MEMBER_ATTR_NAME, "", "m") + field(ValueTag.INTEGER, "", b"\0\0\0\1")
+    col = field(ValueTag.BEG_COLLECTION, "c") + member + member + field(ValueTag.END_COLLECTION, "")
+    assert decode(op_prefix() + col + b"\x03").get(OP, "c")["m"].values == [1]
+    with pytest.raises(ParseError, match="twice in a collection"):
+        decode(op_prefix() + col + b"\x03", strict=True)
+    for path in FIXTURE_FILES:  # real clients never repeat
+        raw = path.read_bytes()
+        assert decode(raw, strict=True) == decode(raw)
+        assert decoder_result(raw, 64) == decode(raw)
+
+
 @pytest.mark.parametrize("cut", [0, 1, 4, 7, 8, 9, 12, 20, -2, -1])
 def test_truncated_messages(cut: int) -> None:
     full = one(ValueTag.KEYWORD, "abc")

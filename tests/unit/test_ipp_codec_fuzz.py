@@ -182,6 +182,7 @@ def run_decoder(chunks: list[bytes]) -> Message:
 def test_round_trip(message: Message) -> None:
     wire = encode(message)
     assert decode(wire) == message
+    assert decode(wire, strict=True) == message  # names are unique by construction
     assert encode(decode(wire)) == wire
 
 
@@ -322,6 +323,12 @@ def check_robust(buf: bytes, data: st.DataObject) -> None:
     except ParseError:
         got = None
     assert got == expected
+    try:
+        strict: Message | None = decode(buf, strict=True)
+    except ParseError as exc:
+        assert expected is None or "twice" in str(exc)
+    else:
+        assert strict == expected
     if expected is None:
         return
     event("decoded")

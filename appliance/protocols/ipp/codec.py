@@ -190,9 +190,11 @@ _STRING_TAGS = frozenset(
 class _Reader:
     """Cursor over a buffer; raises `_Incomplete` when the bytes run out."""
 
-    def __init__(self, buf: bytes, pos: int = 0) -> None:
+    def __init__(self, buf: bytes, pos: int = 0, strict: bool = False) -> None:
         self.buf = buf
         self.pos = pos
+        #: Refuse an attribute (or member) name repeated within one group (or collection).
+        self.strict = strict
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -305,6 +307,8 @@ def _decode_collection(reader: _Reader, depth: int) -> dict[str, Attribute]:
             if reader.take(reader.u16()):
                 raise ParseError("member value with a name in a collection")
             vraw = reader.take(reader.u16())
+            if reader.strict and member_name in members:
+                raise ParseError(f"member {member_name!r} appears twice in a collection")
             current = Attribute(member_name, vtag, [_decode_value(vtag, vraw, reader, depth)])
             members[member_name] = current
             continue
@@ -323,9 +327,9 @@ def _append_value(attribute: Attribute, tag: int, value: Any) -> None:
         attribute.tags.append(tag)
 
 
-def _decode_attributes(buf: bytes) -> tuple[Message, int]:
+def _decode_attributes(buf: bytes, strict: bool = False) -> tuple[Message, int]:
     """Decode header and attribute groups; return the message and where data starts."""
-    reader = _Reader(buf)
+    reader = _Reader(buf, strict=strict)
     major, minor = reader.u8(), reader.u8()
     code = reader.u16()
     request_id: int = struct.unpack(">i", reader.take(4))[0]
@@ -352,6 +356,8 @@ def _decode_attributes(buf: bytes) -> tuple[Message, int]:
         value = _decode_value(tag, raw, reader, 0)
         if name:
             current = Attribute(_text(name), tag, [value])
+            if strict and current.name in group.attributes:
+                raise ParseError(f"attribute {current.name!r} appears twice in a group")
             group.attributes[current.name] = current
         else:
             if current is None:
@@ -368,20 +374,30 @@ def check_version(message: Message) -> None:
         )
 
 
-def _parse_head(buf: bytes) -> tuple[Message, int]:
+def _parse_head(buf: bytes, strict: bool) -> tuple[Message, int]:
     """`_decode_attributes` with every failure turned into `ParseError` (or `_Incomplete`)."""
     try:
-        return _decode_attributes(buf)
+        return _decode_attributes(buf, strict)
     except (struct.error, IndexError, ValueError, RecursionError) as exc:  # pragma: no cover
         # Defensive: the reader checks every length, so none of these is expected.
         raise ParseError(f"malformed IPP message: {exc}") from None
 
 
-def decode(buf: bytes) -> Message:
-    """Decode a whole message (attributes and document data)."""
+def decode(buf: bytes, *, strict: bool = False) -> Message:
+    """Decode a whole message (attributes and document data).
+
+    An attribute repeated in one group (or a member repeated in one collection)
+    is kept once, with the *last* occurrence's values at the *first* one's
+    place, whereas CUPS (`ippFindAttribute`) uses the first occurrence. A
+    server that forwards jobs or charges for them must not disagree with the
+    device about which `copies` counts, so it should pass `strict=True`, which
+    refuses such a message with client-error-bad-request. Clients reading
+    responses keep the lenient default (CUPS itself repeats attributes in
+    some responses).
+    """
     buf = bytes(buf)
     try:
-        message, offset = _parse_head(buf)
+        message, offset = _parse_head(buf, strict)
     except _Incomplete:
         raise ParseError("truncated IPP message") from None
     message.data = buf[offset:]
@@ -416,10 +432,11 @@ class Decoder:
     whether it arrives in one piece or many.
     """
 
-    def __init__(self, max_attributes_size: int = MAX_ATTRIBUTES_SIZE) -> None:
+    def __init__(self, max_attributes_size: int = MAX_ATTRIBUTES_SIZE, *, strict: bool = False) -> None:
         self._buf = bytearray()
         self._head_done = False
         self._max = max_attributes_size
+        self._strict = strict  # as for `decode`
         self._scan = 8  # offset of the next unframed tag (after the 8-octet header)
         self._in_group = False
 
@@ -440,7 +457,7 @@ class Decoder:
             raise self._too_large()
         head = bytes(self._buf[:end])
         try:
-            message, offset = _parse_head(head)
+            message, offset = _parse_head(head, self._strict)
         except _Incomplete:  # pragma: no cover - the framing scan found the end
             raise ParseError("truncated IPP message") from None
         self._head_done = True
