@@ -94,6 +94,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _print(body: dict[str, Any]) -> None:
     print(json.dumps(body), flush=True)
 
@@ -231,7 +241,8 @@ def _register_mfd(subparsers: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--ipp-port", type=_non_negative_int, default=0)
     serve.add_argument("--control-port", type=_non_negative_int, default=0)
-    serve.add_argument("--page-delay", type=float, default=0.0, help="seconds per impression")
+    serve.add_argument("--page-delay", type=_non_negative_float, default=0.0,
+                       help="seconds per impression (default 0)")
     serve.add_argument("--mono", action="store_true", help="a monochrome device")
     serve.set_defaults(func=serve_command)
 

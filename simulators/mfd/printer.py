@@ -161,6 +161,8 @@ class SimulatedMfd:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        if not 0 <= page_delay < float("inf"):
+            raise ValueError(f"page_delay must be 0 or more seconds, not {page_delay!r}")
         self._reactor = reactor
         self.name = name
         self.output_dir = Path(output_dir)

@@ -74,6 +74,7 @@ def panel(lab: Path, *rest: str, login: tuple[str, ...] = ("--card", "0004")) ->
         ["mfd", "fault", "--lab", "x", "--mfd", DEVICE, "melt"],
         ["mfd", "fault", "--lab", "x", "--mfd", DEVICE, "jam", "--after-pages", "-1"],
         ["mfd", "serve", "--name", "m"],
+        ["mfd", "serve", "--name", "m", "--output", "o", "--state", "s", "--page-delay", "-1"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
