@@ -980,13 +980,23 @@ def test_fresh_capture_from_cups_clients(tmp_path: Path) -> None:
     """Run the capture again against today's CUPS clients and check the codec on it."""
     tool = load_capture_tool()
     saved = tool.capture(tmp_path, verbose=False)
-    assert {p.name for p in saved} == {p.name for p in FIXTURE_FILES}
+    # (which Get-Printer-Attributes lp sends first depends on the CUPS version)
+    names = {p.name for p in saved}
+    for expected in (
+        "ipptool-gpa-01-get-printer-attributes.bin",
+        "ipptool-print-01-print-job.bin",
+        "ipptool-media-col-01-print-job.bin",
+    ):
+        assert expected in names
+    assert any(n.startswith("lp-") and n.endswith("-create-job.bin") for n in names)
+    assert any(n.startswith("lp-") and n.endswith("-send-document.bin") for n in names)
     for path in saved:
         raw = path.read_bytes()
         message = decode(raw)
         assert encode(message) == raw, path.name
         assert decoder_result(raw, 13) == message
-    create = decode((tmp_path / "lp-04-create-job.bin").read_bytes())
+    (create_path,) = tmp_path.glob("lp-*-create-job.bin")
+    create = decode(create_path.read_bytes())
     assert create.get(JOB, "copies") == 2
     assert create.get(JOB, "sides") == "two-sided-long-edge"
     assert create.get(OP, "requesting-user-name") == "alice"
