@@ -178,6 +178,7 @@ class IppPrinter:
         self._check_accepting()
         template, ignored = _job_template(request)
         job = self.mfd.create_job(base_uri, _job_name(request), _user(request), **template)
+        self.mfd.expect_documents(job)
         return self._job_created(request, job, ignored)
 
     def _op_send_document(
@@ -228,7 +229,7 @@ class IppPrinter:
         if which == "completed":
             jobs = [job for job in reversed(self.mfd.jobs()) if job.terminal]
         elif which == "not-completed":
-            jobs = [job for job in self.mfd.jobs() if not job.terminal]
+            jobs = self.mfd.queued_jobs()
         elif which == "all":
             jobs = self.mfd.jobs()
         else:
@@ -315,11 +316,7 @@ class IppPrinter:
                 return attr(name, ValueTag.NO_VALUE, None)
             return attr(name, ValueTag.DATE_TIME, DateTime.from_datetime(value))
 
-        intervening = sum(
-            1
-            for other in self.mfd.jobs()
-            if other.id < job.id and not other.terminal
-        )
+        intervening = sum(1 for other in self.mfd.queued_jobs() if other.id < job.id)
         attributes = [
             attr("job-id", ValueTag.INTEGER, job.id),
             attr("job-uri", ValueTag.URI, job.uri),
@@ -397,7 +394,7 @@ class IppPrinter:
             attr(
                 "queued-job-count",
                 ValueTag.INTEGER,
-                sum(1 for job in self.mfd.jobs() if not job.terminal),
+                len(self.mfd.queued_jobs()),
             ),
             attr("printer-up-time", ValueTag.INTEGER, self.mfd.up_time()),
             attr("printer-current-time", ValueTag.DATE_TIME, DateTime.from_datetime(

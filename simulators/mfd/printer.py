@@ -50,6 +50,9 @@ log = Logger()
 
 #: Finished jobs kept for Get-Jobs and the control API; older ones are forgotten.
 KEEP_FINISHED_JOBS = 1000
+#: A job made by Create-Job whose last document has not come after this many
+#: seconds is aborted (what multiple-operation-time-out promises).
+MULTIPLE_OPERATION_TIME_OUT = 60
 
 
 def safe_name(name: str) -> str:
@@ -185,6 +188,7 @@ class SimulatedMfd:
         self._working = False
         self._worker: Deferred[None] | None = None
         self._sleep: Deferred[None] | None = None
+        self._incoming: dict[int, Any] = {}  # job id -> time-out of a Create-Job job
         self._stopping = False
         self._host: str | None = None
         self._uri_host = "127.0.0.1"
@@ -251,6 +255,10 @@ class SimulatedMfd:
                 waits.append(defer.maybeDeferred(listener.stopListening))
             _drop_connections(factory)
         self._ipp_listener = self._control_listener = None
+        for timeout in self._incoming.values():
+            if timeout.active():
+                timeout.cancel()
+        self._incoming.clear()
         if self._worker is not None and not self._worker.called:
             waits.append(self._worker)
         self._store.save()
@@ -322,6 +330,11 @@ class SimulatedMfd:
     def job(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
 
+    def queued_jobs(self) -> list[Job]:
+        """Jobs not yet finished (pending or processing), oldest first."""
+        return sorted((job for job in self._jobs.values() if not job.terminal),
+                      key=lambda job: job.id)
+
     def status(self) -> dict[str, Any]:
         """What `GET /control` answers."""
         return {
@@ -370,12 +383,36 @@ class SimulatedMfd:
         job.size = size
         job.document_format = document_format
 
+    def expect_documents(self, job: Job) -> None:
+        """`job` came from Create-Job: abort it if its documents do not come in time."""
+        job.reasons = ["job-incoming"]
+        self._incoming[job.id] = self._reactor.callLater(
+            MULTIPLE_OPERATION_TIME_OUT, self._documents_timed_out, job
+        )
+
+    def _documents_timed_out(self, job: Job) -> None:
+        self._incoming.pop(job.id, None)
+        if job.closed or job.terminal:
+            return
+        job.state = JobState.ABORTED
+        job.reasons = ["aborted-by-system"]
+        job.message = "no last document within multiple-operation-time-out"
+        self._finish_times(job)
+        self._discard_spool(job)
+
     def close_job(self, job: Job) -> None:
         """Every document of `job` has arrived: it may print."""
         job.closed = True
+        job.reasons = ["none"]
+        timeout = self._incoming.pop(job.id, None)
+        if timeout is not None and timeout.active():
+            timeout.cancel()
         self._reactor.callLater(0, self._kick)
 
     def cancel_job(self, job: Job) -> None:
+        timeout = self._incoming.pop(job.id, None)
+        if timeout is not None and timeout.active():
+            timeout.cancel()
         job.state = JobState.CANCELED
         job.reasons = ["job-canceled-by-user"]
         job.message = "canceled"
@@ -421,7 +458,17 @@ class SimulatedMfd:
                 job = self._next_job()
                 if job is None:
                     return
-                await self._print(job)
+                try:
+                    await self._print(job)
+                except Exception:
+                    # a full disk, say: the job fails, the printer goes on
+                    log.failure("printing job {job_id} failed", job_id=job.id)
+                    self._store.save()
+                    job.state = JobState.ABORTED
+                    job.reasons = ["aborted-by-system"]
+                    job.message = "the printer failed"
+                    self._finish_times(job)
+                    self._discard_spool(job)
         finally:
             self._working = False
 

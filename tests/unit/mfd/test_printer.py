@@ -411,3 +411,44 @@ async def test_big_documents_are_streamed_intact(mfd: SimulatedMfd,
     await job_done(mfd, job_id)
     assert output_files(mfd)[0].read_bytes() == document
     assert time.monotonic() - started < 10
+
+
+def test_a_create_job_without_its_document_times_out(tmp_path: Path) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from appliance.protocols.ipp import codec
+    from simulators.mfd.ipp import IppPrinter
+    from simulators.mfd.printer import MULTIPLE_OPERATION_TIME_OUT
+
+    clock = MemoryReactorClock()
+    mfd = SimulatedMfd("m", tmp_path / "out", tmp_path / "state", reactor=clock)
+    printer = IppPrinter(mfd)
+    uri = "ipp://127.0.0.1:631/ipp/print"
+    created = printer.handle(codec.request(Operation.CREATE_JOB, 1, uri), iter(()), uri)
+    job = mfd.job(job_id_of(created))
+    assert job is not None and job.reasons == ["job-incoming"]
+    clock.advance(MULTIPLE_OPERATION_TIME_OUT - 1)
+    assert job.state == JobState.PENDING
+    clock.advance(2)
+    assert job.state == JobState.ABORTED and job.reasons == ["aborted-by-system"]
+    assert mfd.queued_jobs() == []
+
+
+@ensure
+async def test_a_job_that_cannot_be_printed_aborts_and_the_next_prints(
+    mfd: SimulatedMfd, pages: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_publish = mfd._publish
+
+    def disk_full(job: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mfd, "_publish", disk_full)
+    first = job_id_of(await print_job(mfd, b"%PDF"))
+    await job_done(mfd, first)
+    assert mfd.job(first).state == JobState.ABORTED  # type: ignore[union-attr]
+    monkeypatch.setattr(mfd, "_publish", real_publish)
+    second = job_id_of(await print_job(mfd, b"%PDF"))
+    await job_done(mfd, second)
+    assert mfd.job(second).state == JobState.COMPLETED  # type: ignore[union-attr]
+    assert mfd.counters["total"] == 3
