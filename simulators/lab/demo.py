@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simulators.lab.runner import RunningLab, running_lab
 from simulators.lab.workstation import make_pdf, print_file
 from simulators.mfd.panel import Panel
 
@@ -36,20 +34,20 @@ class Step:
 
 @dataclass
 class Demo:
-    endpoints: dict[str, Any]
+    lab: RunningLab
     docs: Path
     steps: list[Step] = field(default_factory=list)
 
     @property
+    def endpoints(self) -> dict[str, Any]:
+        return self.lab.endpoints
+
+    @property
     def site(self) -> dict[str, Any]:
-        site: dict[str, Any] = self.endpoints["sites"][0]
-        return site
+        return self.lab.site
 
     def user(self, name: str) -> dict[str, Any]:
-        return next(u for u in self.endpoints["users"] if u["username"] == name)
-
-    def mfd(self, name: str) -> dict[str, Any]:
-        return next(m for m in self.site["mfds"] if m["name"] == name)
+        return self.lab.user(name)
 
     def panel(self, mfd: str) -> Panel:
         return Panel(self.site["device_api"], mfd)
@@ -75,23 +73,8 @@ class Demo:
         self.log(user, f"IPP Print-Job {path.name} ({described})", f"held as job {job_id}")
 
     def fault(self, mfd: str, body: dict[str, Any]) -> None:
-        request = urllib.request.Request(
-            f"{self.mfd(mfd)['control']}/fault", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
+        self.lab.set_fault(mfd, body)
         self.log("admin", f"{mfd}: fault {body['mode']}", json.dumps(body))
-
-
-def wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"the lab exited with status {process.returncode}")
-        time.sleep(0.2)
-    raise TimeoutError("the lab did not become ready")
 
 
 def scenario(demo: Demo) -> None:
@@ -234,26 +217,14 @@ def run_demo(directory: Path | None) -> int:
         return 2
     temporary = directory is None
     lab_dir = Path(tempfile.mkdtemp(prefix="outpost-demo-")) if directory is None else directory
-    lab_dir.mkdir(parents=True, exist_ok=True)
     print(f"Starting a lab in {lab_dir}: one site, two simulated MFDs, ten users ...", flush=True)
-    lab_log = open(lab_dir / "lab.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "lab", "up", "--dir", str(lab_dir), "--mfds",
-         "2"], stdout=lab_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lab_dir / "endpoints.json", process)
-        endpoints = json.loads((lab_dir / "endpoints.json").read_text())
-        demo = Demo(endpoints, lab_dir / "documents")
-        scenario(demo)
-        report, ok = build_report(demo)
+        with running_lab(lab_dir, mfds=2) as lab:
+            demo = Demo(lab, lab_dir / "documents")
+            scenario(demo)
+            report, ok = build_report(demo)
         print(report, flush=True)
         return 0 if ok else 1
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        lab_log.close()
         if temporary:
             shutil.rmtree(lab_dir, ignore_errors=True)

@@ -2,7 +2,7 @@ import pytest
 
 from simulators.lab.workstation import make_pdf
 
-from .labtools import running_lab
+from simulators.lab.runner import running_lab
 
 
 @pytest.fixture(scope="module")

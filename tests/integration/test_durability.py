@@ -11,7 +11,7 @@ import pytest
 
 from simulators.lab.workstation import print_file
 
-from .labtools import outputs, running_lab, sha256, wait_until
+from simulators.lab.runner import outputs, running_lab, sha256, wait_until
 
 pytestmark = pytest.mark.integration
 

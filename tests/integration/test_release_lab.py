@@ -12,7 +12,7 @@ import pytest
 
 from simulators.lab.workstation import print_file
 
-from .labtools import outputs, sha256, wait_until
+from simulators.lab.runner import outputs, sha256, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Starting a real lab (`outpost lab up`) for integration tests, and reading what it left."""
+"""Starting a real lab (`outpost lab up`) from tests, benchmarks and the demo, and reading what it left."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from simulators.mfd.panel import Panel
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, for `python -m appliance.cli`
 
 
 class RunningLab:
