@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import Request
 
@@ -39,6 +40,8 @@ from appliance.protocols.ipp.constants import (
 
 if TYPE_CHECKING:
     from .printer import Job, SimulatedMfd
+
+log = Logger()
 
 DOCUMENT_FORMATS = (
     "application/octet-stream",
@@ -139,6 +142,9 @@ class IppPrinter:
                 for attribute in exc.unsupported:
                     group.add(attribute)
             return reply
+        except Exception:  # a bug or a full disk: say so in IPP, not in an HTML 500
+            log.failure("IPP operation 0x{code:04x} failed", code=request.code)
+            return codec.response(request, Status.SERVER_ERROR_INTERNAL_ERROR, "internal error")
 
     def _op_get_printer_attributes(
         self, request: Message, document: Iterator[bytes], base_uri: str
@@ -582,7 +588,7 @@ def _job_template(request: Message) -> tuple[dict[str, Any], list[Attribute]]:
 
 
 class IppResource(resource.Resource):
-    """POST application/ipp at any path: the thin adapter around `handle_ipp`."""
+    """POST application/ipp at any path: the thin adapter around `IppPrinter.handle`."""
 
     isLeaf = True
 
@@ -630,7 +636,17 @@ class IppResource(resource.Resource):
             base_uri = f"ipp://{host}{path.rstrip('/')}"
             reply = self._printer.handle(head, _chain(b"".join(leftover), _read(body)), base_uri)
         request.setHeader(b"content-type", IPP_MIME_TYPE.encode())
-        return codec.encode(reply)
+        try:
+            return codec.encode(reply)
+        except codec.EncodeError:
+            # an unsupported attribute echoed back with a tag we cannot encode:
+            # answer the same without the echo
+            reply.groups = [g for g in reply.groups if g.tag != GroupTag.UNSUPPORTED]
+        try:
+            return codec.encode(reply)
+        except codec.EncodeError as exc:  # pragma: no cover - our own attributes encode
+            bare = codec.response(reply, Status.SERVER_ERROR_INTERNAL_ERROR, str(exc))
+            return codec.encode(bare)
 
 
 def _read(body: Any) -> Iterator[bytes]:

@@ -71,3 +71,13 @@ def test_mutated_requests_never_break_the_printer(tmp_path: Path, data: st.DataO
     cut = data.draw(st.integers(0, len(body)))
     reply = post(make(tmp_path), bytes(body[:cut]))
     assert reply.code in {int(status) for status in Status}
+
+
+def test_an_unsupported_attribute_that_cannot_be_echoed_is_left_out(tmp_path: Path) -> None:
+    message = codec.request(Operation.VALIDATE_JOB, 9, URI, user="alice")
+    head = codec.encode_attributes(message)[:-1]  # without end-of-attributes
+    extension_sides = b"\x02\x7f\x00\x00\x01\x00\x00\x05sides\x00\x03abc"
+    reply = post(make(tmp_path), head + extension_sides + b"\x03")
+    assert reply.code == Status.SUCCESSFUL_OK_IGNORED_OR_SUBSTITUTED_ATTRIBUTES
+    assert reply.request_id == 9
+    assert reply.group(0x05) is None
