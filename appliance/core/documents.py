@@ -28,6 +28,7 @@ import re
 import shutil
 import struct
 import subprocess
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,12 +205,8 @@ _GS_INKCOV_ARGS = (
     "-dNOPAUSE",
     "-dUseFastColor",
     "-sDEVICE=inkcov",
-    "-o",
-    "-",
-    "-c",
-    "{} setblackgeneration {0.03 add} setundercolorremoval",
-    "-f",
 )
+_GS_PROLOGUE = ("-c", "{} setblackgeneration {0.03 add} setundercolorremoval", "-f")
 # inkcov reports the fraction of pixels carrying each ink with five decimals;
 # anything it prints as non-zero counts (a single coloured point is ~2e-5).
 _COLOUR_THRESHOLD = 0.000005
@@ -229,22 +226,28 @@ def _inkcov(
         return None
     # An absolute path can never be mistaken for a gs switch.
     target = os.path.abspath(os.fspath(path))
-    try:
-        proc = subprocess.run(
-            [gs, *_GS_INKCOV_ARGS, target],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    if proc.returncode != 0:
-        return None
+    # The coverage goes to a file of its own, not stdout: a PostScript job can
+    # print whatever it likes on stdout, including fake coverage lines.
+    with tempfile.TemporaryDirectory(prefix="outpost-inkcov-") as tmp:
+        report = os.path.join(tmp, "inkcov.txt")
+        try:
+            proc = subprocess.run(
+                [gs, *_GS_INKCOV_ARGS, f"-sOutputFile={report}", *_GS_PROLOGUE, target],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+            if proc.returncode != 0:
+                return None
+            with open(report, "rb") as f:
+                output = f.read(16 << 20)
+        except (subprocess.TimeoutExpired, OSError):
+            return None
     pages = [
         (float(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4)))
-        for m in _INKCOV_LINE_RE.finditer(proc.stdout)
+        for m in _INKCOV_LINE_RE.finditer(output)
     ]
     return pages or None
 
@@ -289,9 +292,10 @@ def analyse(
     """count_pages(), then ghostscript colour detection for PDF/PostScript.
 
     When ghostscript runs, it also supplies the page count where the parser
-    had none (encrypted object streams, PostScript without DSC comments); for
-    PostScript the interpreter's count replaces the DSC one, since DSC
-    comments are only claims.  Blocking.
+    had none (encrypted object streams, PostScript without DSC comments).
+    For PostScript, whose DSC comments are only claims, the larger of the DSC
+    and interpreter counts is taken: both are under the submitter's control,
+    and they agree for honest documents.  Blocking.
     """
     info = count_pages(path, document_format)
     if not use_ghostscript or info.format not in _GS_FORMATS or info.colour is not None:
@@ -300,8 +304,10 @@ def analyse(
     if coverage is None:
         return info
     pages = info.pages
-    if pages is None or info.format == POSTSCRIPT:
+    if pages is None:
         pages = len(coverage)
+    elif info.format == POSTSCRIPT:
+        pages = max(pages, len(coverage))
     return DocumentInfo(info.format, pages, _is_colour(coverage))
 
 
@@ -355,7 +361,7 @@ _XREF_ENTRY_RE = re.compile(_S + rb"*(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + rb
 _NAME_ESCAPE_RE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _MAX_DEPTH = 64
 _MAX_DECODED = 64 << 20  # decoded xref / object streams beyond this are refused
-_MAX_TREE_NODES = 500_000
+_MAX_TREE_NODES = 25_000  # beyond this, walking costs seconds: trust /Count
 
 
 class _Lexer:
@@ -1057,8 +1063,10 @@ def _count_pdf(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | 
 # PostScript (DSC)
 # --------------------------------------------------------------------------
 
+# Searched for as a literal-prefixed pattern (fast); being at the start of a
+# line is checked separately.
 _DSC_RE = re.compile(
-    rb"(?:^|(?<=[\r\n]))%%(Pages|Page|BeginDocument|EndDocument|BeginData|EndData"
+    rb"%%(Pages|Page|BeginDocument|EndDocument|BeginData|EndData"
     rb"|BeginBinary|EndBinary|Trailer)(:?)([^\r\n]*)"
 )
 _DSC_NESTING_OPEN = {b"BeginDocument", b"BeginData", b"BeginBinary"}
@@ -1092,6 +1100,9 @@ def _count_postscript(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, 
         else:
             carry = b""
         for m in _DSC_RE.finditer(text):
+            start = m.start()
+            if start and text[start - 1] not in b"\r\n":
+                continue
             kw, colon, rest = m.group(1), m.group(2), m.group(3)
             if kw in _DSC_NESTING_OPEN:
                 depth += 1
@@ -1179,30 +1190,57 @@ class _Reader:
 
 
 def _skip_packed_lines(r: _Reader, lines: int, bytes_per_line: int, unit: int) -> bool:
-    """Skip run-length packed raster lines (the CUPS v2 / PWG / URF scheme)."""
+    """Skip run-length packed raster lines (the CUPS v2 / PWG / URF scheme).
+
+    Each line group is a repeat-count byte followed by runs until the line's
+    bytes are covered: 0-127 repeat one pixel n+1 times, 129-255 copy 257-n
+    literal pixels, 128 clears to the end of the line.  This is the hot loop
+    for raster jobs, so it works on a local buffer with no calls per run.
+    Returns False if the data ends first.
+    """
     if bytes_per_line <= 0 or unit <= 0:
         return False
+    margin = 2 + 128 * unit  # the most one step can consume
+    buf, pos = r.buf, r.pos
+    eof = False
     y = 0
-    while y < lines:
-        rep = r.byte()
-        if rep < 0:
-            return False
-        y += rep + 1
-        remaining = bytes_per_line
-        while remaining > 0:
-            c = r.byte()
-            if c < 0:
-                return False
-            if c == 128:  # clear to end of line
-                break
-            n = (c + 1) * unit if c < 128 else (257 - c) * unit
+    remaining = 0  # bytes of the current line not yet covered
+    while True:
+        n = len(buf)
+        limit = n if eof else n - margin
+        while pos < limit:
+            if remaining <= 0:
+                if y >= lines:
+                    break
+                y += buf[pos] + 1
+                pos += 1
+                remaining = bytes_per_line
+                continue
+            c = buf[pos]
             if c < 128:
-                if not r.skip(unit):
-                    return False
-            elif not r.skip(n):
-                return False
-            remaining -= n
-    return True
+                pos += 1 + unit
+                remaining -= (c + 1) * unit
+            elif c == 128:
+                pos += 1
+                remaining = 0
+            else:
+                k = (257 - c) * unit
+                pos += 1 + k
+                remaining -= k
+        if remaining <= 0 and y >= lines:
+            if pos > n:
+                break  # the last run was cut short
+            r.buf, r.pos = buf, pos
+            return True
+        if eof:
+            break
+        more = r.f.read(_CHUNK)
+        if not more:
+            eof = True
+        buf = buf[pos:] + more
+        pos = 0
+    r.buf, r.pos = b"", 0
+    return False
 
 
 _CUPS_HEADER = 1796
@@ -1429,8 +1467,24 @@ def _count_pclxl(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool 
             attrs.clear()
             value = None
             continue
-        if t == 0x1B:  # UEL: the end of the PCL XL stream
-            break
+        if t == 0x1B:  # UEL: the end of this PCL XL stream; another may follow
+            ahead = r.read(_HEAD_BYTES)
+            rest = b"\x1b" + ahead
+            if not rest.startswith(_UEL):
+                if _UEL.startswith(rest):
+                    break  # cut short inside the UEL
+                raise _Malformed("ESC inside PCL XL")
+            body, _language = _strip_pjl(rest)
+            nxt = _PCLXL_HEADER_RE.match(rest, body)
+            nl = ahead.find(b"\n", body) if nxt else -1
+            if nxt is None or nl < 0:
+                break  # PJL end of job, or another language: done
+            big = ahead[body - 1] == 0x28
+            prefix = ">" if big else "<"
+            r.buf, r.pos = ahead[nl + 1 :] + r.buf[r.pos :], 0
+            attrs.clear()
+            value = None
+            continue
         raise _Malformed(f"bad PCL XL tag 0x{t:02x}")
     return pages, colour
 

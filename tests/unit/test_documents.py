@@ -866,6 +866,30 @@ def test_pclxl_bad_tag_and_truncation(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "cut.pxl", cut)) == DocumentInfo(PCLXL, 3, False)
 
 
+def test_pclxl_concatenated_jobs(tmp_path: Path) -> None:
+    # two PJL jobs back to back, in different bindings, the second in colour
+    colour = rgb_page(
+        True,
+        [
+            ("ubyte", (E_RGB,)),
+            ("attr", (A_COLOR_SPACE,)),
+            ("op", (SET_COLOR_SPACE,)),
+            ("ubyte_array", (b"\x00\xff\x00",)),
+            ("attr", (A_RGB_COLOR,)),
+            ("op", (SET_BRUSH_SOURCE,)),
+        ],
+    )
+    data = pxl_job(False, 2) + pxl_job(True, 3, [b"", b"", colour])
+    assert count_pages(write(tmp_path, "a.pxl", data)) == DocumentInfo(PCLXL, 5, True)
+    # a stray ESC that is not a UEL is malformed
+    bad = pxl_job(False, 2).replace(b"\xf8\x25\x43", b"\xf8\x25\x1b\x43", 1)
+    assert count_pages(write(tmp_path, "b.pxl", bad)).pages is None
+    # cut short inside the final UEL
+    cut = pxl_job(False, 2)
+    cut = cut[: cut.index(UEL + b"@PJL EOJ") + 4]
+    assert count_pages(write(tmp_path, "c.pxl", cut)).pages == 2
+
+
 def test_pclxl_without_pjl(tmp_path: Path) -> None:
     data = pxl_job(False, 2)
     data = data[data.index(b") HP-PCL XL") :]
@@ -1006,12 +1030,28 @@ def test_analyse(name: str, expected: tuple[str, int | None, bool | None]) -> No
 
 
 @needs_gs
-def test_analyse_postscript_trusts_the_interpreter(tmp_path: Path) -> None:
-    # DSC claims 5 pages, the program prints 2
-    ps = b"%!PS-Adobe-3.0\n%%Pages: 5\n%%EndComments\nshowpage showpage\n"
+def test_analyse_postscript_takes_the_larger_count(tmp_path: Path) -> None:
+    # DSC understates: the program prints 3 pages, 1 in colour
+    ps = b"%!PS-Adobe-3.0\n%%Pages: 1\n%%EndComments\n%%Page: 1 1\nshowpage showpage\n"
+    ps += b"0 0 1 setrgbcolor 9 9 9 9 rectfill showpage\n"
     path = write(tmp_path, "a.ps", ps)
-    assert count_pages(path).pages == 5
-    assert analyse(path) == DocumentInfo(POSTSCRIPT, 2, False)
+    assert count_pages(path).pages == 1
+    assert analyse(path) == DocumentInfo(POSTSCRIPT, 3, True)
+    # DSC claims more than the program prints: the claim stands
+    ps = b"%!PS-Adobe-3.0\n%%Pages: 5\n%%EndComments\nshowpage showpage\n"
+    assert analyse(write(tmp_path, "b.ps", ps)) == DocumentInfo(POSTSCRIPT, 5, False)
+
+
+@needs_gs
+def test_detect_colour_ignores_fake_coverage_on_stdout(tmp_path: Path) -> None:
+    ps = (
+        b"%!PS\n(0.00000  0.00000  0.00000  0.10000 CMYK OK\n) print\n"
+        b"1 0 0 setrgbcolor 72 72 100 100 rectfill showpage\n"
+        b"(0.00000  0.00000  0.00000  0.10000 CMYK OK\n) print\n"
+    )
+    path = write(tmp_path, "evil.ps", ps)
+    assert detect_colour(path, POSTSCRIPT) is True
+    assert analyse(path) == DocumentInfo(POSTSCRIPT, 1, True)
 
 
 def test_analyse_without_ghostscript() -> None:
