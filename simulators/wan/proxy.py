@@ -289,6 +289,9 @@ class ClientSide(_PeerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self.proxy.is_plug(self.transport):
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         self.connection = ProxyConnection(self.proxy, self)
 
 
@@ -459,7 +462,7 @@ class _ListenFactory(protocol.Factory):
 class Proxy:
     """A named TCP proxy, toxiproxy's unit of configuration."""
 
-    backlog = 128
+    backlog = 1024
 
     def __init__(
         self,
@@ -483,6 +486,7 @@ class Proxy:
         self.port: Any = None  # IListeningPort
         self._connection_count = 0
         self._accept_blocked = False
+        self._plugs: dict[tuple[str, int], socket.socket] = {}
         self._note = note
 
     def note(self, action: str, **details: Any) -> None:
@@ -545,6 +549,10 @@ class Proxy:
         if self.port is not None:
             self.port.stopListening()
             self.port = None
+        for plug in self._plugs.values():
+            plug.close()
+        self._plugs.clear()
+        self._accept_blocked = False
         for connection in list(self.connections):
             connection.close()
 
@@ -564,13 +572,34 @@ class Proxy:
         self._accept_blocked = blocked
         sock: socket.socket | None = getattr(port, "socket", None)
         if blocked:
-            port.stopReading()
+            if hasattr(port, "stopReading"):
+                port.stopReading()
             if sock is not None:
                 sock.listen(0)
+                self._plug_accept_queue(sock)
         else:
             if sock is not None:
                 sock.listen(self.backlog)
-            port.startReading()
+            for plug in self._plugs.values():
+                plug.close()
+            if hasattr(port, "startReading"):
+                port.startReading()
+
+    def _plug_accept_queue(self, sock: socket.socket) -> None:
+        # With a backlog of 0 Linux still queues one connection. Take that
+        # place with a connection of our own, dropped when it is accepted.
+        host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        plug = socket.socket(sock.family, socket.SOCK_STREAM)
+        plug.setblocking(False)
+        plug.connect_ex((host, port))
+        local = plug.getsockname()
+        self._plugs[(local[0], local[1])] = plug
+
+    def is_plug(self, transport: Any) -> bool:
+        peer = transport.getPeer()
+        return self._plugs.pop((peer.host, peer.port), None) is not None
 
     # -- toxics -----------------------------------------------------------
     def add_toxic(self, toxic: Toxic) -> None:
