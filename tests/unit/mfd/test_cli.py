@@ -179,3 +179,16 @@ async def test_fault_posts_to_the_control_api(tmp_path: Path, make_mfd: Any,
     assert await threads.deferToThread(cli.main, argv) == 2
     assert "page_delay" in json.loads(capsys.readouterr().out)["error"]
     assert mfd.fault.mode == "jam"
+
+
+def test_registered_under_outpost_sim() -> None:
+    from appliance.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["sim", "panel", "--lab", "x", "--mfd", "m", "--card", "1", "jobs"])
+    assert args.func is cli.panel_command
+    args = parser.parse_args(["sim", "mfd", "fault", "--lab", "x", "--mfd", "m", "offline"])
+    assert args.func is cli.fault_command
+    args = parser.parse_args(["sim", "mfd", "serve", "--name", "m", "--output", "o",
+                              "--state", "s", "--page-delay", "0.5", "--mono"])
+    assert (args.func, args.page_delay, args.mono) == (cli.serve_command, 0.5, True)
