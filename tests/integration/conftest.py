@@ -7,7 +7,7 @@ from simulators.lab.runner import running_lab
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("lab")) as running:
+    with running_lab(tmp_path_factory.mktemp("lab"), users=12) as running:
         yield running
 
 
