@@ -233,8 +233,8 @@ class ReleaseService:
         amount = price_impressions(policy, printed, colour=job.colour, sides=job.options.sides,
                                    media=job.options.media)
         expected = quote.impressions if job.pages is not None else "?"
-        message = (f"{device.name}: {status.message or status.state} after {printed} of "
-                   f"{expected} impressions")
+        message = (f"{device.name}: {status.message or status.state} "
+                   f"({printed} of {expected} impressions printed)")
         _, ledger = await self.store.finish_print(
             job.id, entry_id=entry_id, account_id=account_id, amount=amount, impressions=printed,
             colour=job.colour, device=device.name, completed=False, state_message=message,

@@ -140,6 +140,8 @@ class Job:
             "message": self.message,
             "size": self.size,
             "file": str(self.file) if self.file is not None else None,
+            # When the printer began receiving the job: release-latency benchmarks use it.
+            "received_at": self.created_at.isoformat(),
         }
 
 
