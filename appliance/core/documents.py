@@ -529,6 +529,7 @@ class _Pdf:
         self.cache: dict[int, _Obj] = {}
         self.objstms: dict[int, tuple[bytes, dict[int, int], int]] = {}
         self.resolving: set[int] = set()
+        self.shift = 0  # added to every offset: nonzero for junk-prefixed files
 
     # -- raw access ----------------------------------------------------------
 
@@ -631,7 +632,7 @@ class _Pdf:
                 obj = self.from_objstm(entry.a, entry.b, num)
         finally:
             self.resolving.discard(num)
-        if len(self.cache) < 100_000:
+        if len(self.cache) < 4096:  # leaves are looked up once; keep memory flat
             self.cache[num] = obj
         return obj
 
@@ -651,7 +652,7 @@ class _Pdf:
         offsets: dict[int, int] = {}
         for i in range(0, len(ints) - 1, 2):
             offsets.setdefault(ints[i], ints[i + 1])
-        if len(self.objstms) > 64:
+        if sum(len(v[0]) for v in self.objstms.values()) + len(data) > _MAX_DECODED:
             self.objstms.clear()
         result = (data, offsets, first)
         self.objstms[stm] = result
@@ -688,30 +689,31 @@ class _Pdf:
         except (_Malformed, ValueError, zlib.error, struct.error):
             if self.base == 0:
                 raise
+            # Offsets counted from "%PDF-" rather than from the file start.
             self.xref.clear()
             self.trailer = {}
-            self.read_chain(offset + self.base)
-            self.shift_offsets()
-
-    def shift_offsets(self) -> None:
-        for num, e in list(self.xref.items()):
-            if e.kind == 1:
-                self.xref[num] = _XrefEntry(1, e.a + self.base, e.b)
+            self.shift = self.base
+            self.read_chain(offset)
+            for num, e in list(self.xref.items()):
+                if e.kind == 1:
+                    self.xref[num] = _XrefEntry(1, e.a + self.shift, e.b)
 
     def read_chain(self, offset: int) -> None:
+        """Read the newest cross-reference section and its /Prev chain."""
         seen: set[int] = set()
-        pending: list[int] = [offset]
-        while pending:
-            off = pending.pop(0)
-            if off in seen or len(seen) > 10_000:
-                continue
+        off: int | None = offset
+        while off is not None and off not in seen and len(seen) < 10_000:
             seen.add(off)
-            trailer = self.read_section(off)
+            try:
+                trailer = self.read_section(off + self.shift)
+            except (_Malformed, ValueError, zlib.error, struct.error):
+                if not seen - {off}:
+                    raise  # the newest section must be readable
+                break  # a broken older section: keep what the newer ones say
             for key, val in trailer.items():
                 self.trailer.setdefault(key, val)  # the newest trailer wins
             prev = _as_int(trailer.get("Prev"))
-            if prev is not None and prev >= 0:
-                pending.append(prev)
+            off = prev if prev is not None and prev >= 0 else None
 
     def read_section(self, offset: int) -> dict[str, _Obj]:
         head = self.read_at(offset, 32).lstrip(_WS)
@@ -769,7 +771,7 @@ class _Pdf:
             # Hybrid-reference file: the stream supplies the objects that the
             # table leaves out or lists as free (those in object streams).
             try:
-                obj = self.indirect_at(stm)
+                obj = self.indirect_at(stm + self.shift)
                 hidden = self.read_xref_stream(obj) if isinstance(obj, _Stream) else {}
             except (_Malformed, ValueError, zlib.error):
                 hidden = {}

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.core import documents
 from appliance.core.documents import (
     CUPS_RASTER,
     JPEG,
@@ -295,6 +296,25 @@ def with_page_tree(
     )
 
 
+@pytest.fixture
+def strict_pdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if the PDF parser falls back to scanning: the xref path must do it."""
+
+    def no_reconstruct(self: object) -> None:
+        raise AssertionError("fell back to reconstructing the cross-reference")
+
+    monkeypatch.setattr(documents._Pdf, "reconstruct", no_reconstruct)
+
+
+# (mixed5-encrypted-objstm.pdf is left out: not countable without decryption,
+# so reconstruction is rightly its last try)
+@pytest.mark.parametrize(
+    "name", sorted(n for n in EXPECTED if n.endswith(".pdf") and "encrypted-objstm" not in n)
+)
+def test_well_formed_pdfs_need_no_reconstruction(strict_pdf: None, name: str) -> None:
+    assert count_pages(fixture(name)) == DocumentInfo(*EXPECTED[name])
+
+
 # ---------------------------------------------------------------------------
 # PDF: incremental updates
 # ---------------------------------------------------------------------------
@@ -303,7 +323,7 @@ def with_page_tree(
 @pytest.mark.parametrize("base", ["mixed5.pdf", "mixed5-objstm.pdf", "mixed5-linearized.pdf"])
 @pytest.mark.parametrize("xref_stream", [False, True])
 def test_pdf_incremental_update_deletes_pages(
-    tmp_path: Path, base: str, xref_stream: bool
+    strict_pdf: None, tmp_path: Path, base: str, xref_stream: bool
 ) -> None:
     data = fixture(base).read_bytes()
     pages = pdf_page_objects(data)
@@ -317,7 +337,7 @@ def test_pdf_incremental_update_deletes_pages(
 
 @pytest.mark.parametrize("xref_stream", [False, True])
 def test_pdf_incremental_update_deletes_pages_without_freeing_them(
-    tmp_path: Path, xref_stream: bool
+    strict_pdf: None, tmp_path: Path, xref_stream: bool
 ) -> None:
     # the deleted page objects are still in the file and still look like pages
     data = fixture("mixed5.pdf").read_bytes()
@@ -327,7 +347,7 @@ def test_pdf_incremental_update_deletes_pages_without_freeing_them(
 
 
 @pytest.mark.parametrize("base", ["mixed5.pdf", "mixed5-objstm.pdf"])
-def test_pdf_incremental_updates_add_then_remove(tmp_path: Path, base: str) -> None:
+def test_pdf_incremental_updates_add_then_remove(strict_pdf: None, tmp_path: Path, base: str) -> None:
     data = fixture(base).read_bytes()
     pages = pdf_page_objects(data)
     size = pdf_size(data)
@@ -345,7 +365,7 @@ def test_pdf_incremental_updates_add_then_remove(tmp_path: Path, base: str) -> N
     assert count_pages(write(tmp_path, "r.pdf", removed)).pages == 2
 
 
-def test_pdf_last_trailer_root_wins(tmp_path: Path) -> None:
+def test_pdf_last_trailer_root_wins(strict_pdf: None, tmp_path: Path) -> None:
     data = fixture("mono3.pdf").read_bytes()
     pages = pdf_page_objects(data)
     size = pdf_size(data)
@@ -358,7 +378,7 @@ def test_pdf_last_trailer_root_wins(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "u.pdf", updated)).pages == 1
 
 
-def test_pdf_page_tree_walk_beats_a_lying_count(tmp_path: Path) -> None:
+def test_pdf_page_tree_walk_beats_a_lying_count(strict_pdf: None, tmp_path: Path) -> None:
     data = fixture("mixed5.pdf").read_bytes()
     pages = pdf_page_objects(data)
     low = with_page_tree(data, pages, count=1)
@@ -367,7 +387,7 @@ def test_pdf_page_tree_walk_beats_a_lying_count(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "high.pdf", high)).pages == 2
 
 
-def test_pdf_nested_page_tree(tmp_path: Path) -> None:
+def test_pdf_nested_page_tree(strict_pdf: None, tmp_path: Path) -> None:
     data = fixture("mixed5.pdf").read_bytes()
     pages = pdf_page_objects(data)
     size = pdf_size(data)
@@ -380,7 +400,7 @@ def test_pdf_nested_page_tree(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "n.pdf", updated)).pages == 6
 
 
-def test_pdf_page_tree_loop_falls_back_to_count(tmp_path: Path) -> None:
+def test_pdf_page_tree_loop_falls_back_to_count(strict_pdf: None, tmp_path: Path) -> None:
     data = fixture("mixed5.pdf").read_bytes()
     size = pdf_size(data)
     # /Pages whose only kid is itself: the walk cannot finish, /Count is used
@@ -411,7 +431,7 @@ def build_pdf(objects: dict[int, bytes], trailer: bytes, header: bytes = b"%PDF-
     return bytes(out)
 
 
-def test_pdf_hybrid_reference_file(tmp_path: Path) -> None:
+def test_pdf_hybrid_reference_file(strict_pdf: None, tmp_path: Path) -> None:
     # Pages 4 and 5 live in object stream 3, known only to the /XRefStm
     # stream; /Count is deliberately wrong so only a full walk gives 2.
     members = [b"<< /Type /Page /Parent 2 0 R >>", b"<< /Type /Page /Parent 2 0 R >>"]
@@ -439,17 +459,45 @@ def test_pdf_hybrid_reference_file(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "hybrid.pdf", data)) == DocumentInfo(PDF, 2, None)
 
 
-def test_pdf_with_pjl_wrapper_and_shifted_offsets(tmp_path: Path) -> None:
-    data = fixture("mixed5.pdf").read_bytes()
+@pytest.mark.parametrize("base", ["mixed5.pdf", "mixed5-objstm.pdf"])
+def test_pdf_with_pjl_wrapper_and_shifted_offsets(
+    strict_pdf: None, tmp_path: Path, base: str
+) -> None:
+    data = fixture(base).read_bytes()
+    pages = pdf_page_objects(data)
+    updated = with_page_tree(data, pages[:4])  # a /Prev chain, offsets relative to %PDF-
     prefix = UEL + b"@PJL JOB\n@PJL ENTER LANGUAGE=PDF\n"
-    # offsets counted from the start of the file ...
-    assert count_pages(write(tmp_path, "a.pdf", prefix + data)) == DocumentInfo(PDF, 5, None)
-    # ... and offsets counted from %PDF- (both occur in the wild)
-    junk = b"some junk before the header\n"
-    assert count_pages(write(tmp_path, "b.pdf", junk + data)).pages == 5
+    # offsets counted from %PDF- (what the generator wrote before the wrapper)
+    shifted = write(tmp_path, "a.pdf", prefix + updated)
+    assert count_pages(shifted) == DocumentInfo(PDF, 4, None)
+    # offsets counted from the start of the file
+    objects = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
+        3: b"<< /Type /Page /Parent 2 0 R >>",
+        4: b"<< /Type /Page /Parent 2 0 R >>",
+    }
+    absolute = build_pdf(objects, b"/Root 1 0 R", header=prefix + b"%PDF-1.4\n")
+    assert count_pages(write(tmp_path, "b.pdf", absolute)) == DocumentInfo(PDF, 2, None)
 
 
-def test_pdf_with_trailing_garbage(tmp_path: Path) -> None:
+def test_pdf_broken_older_section_keeps_newer_ones(strict_pdf: None, tmp_path: Path) -> None:
+    data = fixture("mixed5.pdf").read_bytes()
+    pages = pdf_page_objects(data)
+    size = pdf_size(data)
+    # the update defines everything it needs, but its /Prev points nowhere
+    objects = {
+        size: b"<< /Type /Catalog /Pages %d 0 R >>" % (size + 1),
+        size + 1: b"<< /Type /Pages /Kids [%d 0 R] /Count 1 >>" % (size + 2),
+        size + 2: b"<< /Type /Page /Parent %d 0 R >>" % (size + 1),
+    }
+    updated = append_update(data, objects, root=size, size=size + 3)
+    updated = updated.replace(b"/Prev %d" % pdf_startxref(data), b"/Prev 3")
+    assert pages
+    assert count_pages(write(tmp_path, "a.pdf", updated)).pages == 1
+
+
+def test_pdf_with_trailing_garbage(strict_pdf: None, tmp_path: Path) -> None:
     data = fixture("mixed5-objstm.pdf").read_bytes() + b"\x00" * 5000 + b"garbage\r\n"
     assert count_pages(write(tmp_path, "t.pdf", data)).pages == 5
 
