@@ -135,7 +135,7 @@ class Flap:
 
 @dataclass(frozen=True)
 class Cut:
-    """Link down at `at` for `length` (None: until the run is stopped)."""
+    """Link down at `at` for `length` (None: to the schedule's end, or until stopped)."""
 
     proxy: str
     at: float = 0.0
@@ -145,9 +145,19 @@ class Cut:
 
     def plan(self, rng: random.Random, tag: str, duration: float | None) -> list[Planned]:
         events = [_cut_event(_t(self.at), self, tag, going_down=True)]
-        if self.length is not None:
-            events.append(_cut_event(_t(self.at + self.length), self, tag, going_down=False))
+        length = _length(self.length, self.at, duration)
+        if length is not None:
+            events.append(_cut_event(_t(self.at + length), self, tag, going_down=False))
         return events
+
+
+def _length(length: float | None, at: float, duration: float | None) -> float | None:
+    """An action without `for` lasts to the end of the schedule, if it has one."""
+    if length is not None:
+        return length
+    if duration is not None:
+        return max(0.0, duration - at)
+    return None
 
 
 def _cut_event(t: float, action: Flap | Cut, tag: str, going_down: bool) -> Planned:
@@ -161,7 +171,7 @@ def _cut_event(t: float, action: Flap | Cut, tag: str, going_down: bool) -> Plan
 
 @dataclass(frozen=True)
 class ToxicWindow:
-    """Any toxic, added at `at` and removed after `length` (None: kept)."""
+    """Any toxic, added at `at` and removed after `length` (None: as for Cut)."""
 
     proxy: str
     type: str
@@ -184,10 +194,10 @@ class ToxicWindow:
                 "attributes": dict(self.attributes),
             }
             events.append(Planned(_t(self.at), 0, "add_toxic", self.proxy, spec))
-            if self.length is not None:
+            length = _length(self.length, self.at, duration)
+            if length is not None:
                 events.append(
-                    Planned(_t(self.at + self.length), 0, "remove_toxic", self.proxy,
-                            {"toxic": name})
+                    Planned(_t(self.at + length), 0, "remove_toxic", self.proxy, {"toxic": name})
                 )
         return events
 

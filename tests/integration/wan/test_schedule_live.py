@@ -1,0 +1,131 @@
+"""A seeded 10-minute flap schedule against a live server, driven by the CLI.
+
+The server is `python -m simulators.wan serve` in its own process; the
+schedule runs at 300x (10 minutes in 2 s) and its event log is read back
+from the control API. Same seed, same log; another seed, another log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulators.wan import cli
+
+REPO = Path(__file__).resolve().parents[3]
+
+SCHEDULE = """
+name: flaky-uplink
+duration: 10m
+actions:
+  - flap: {proxy: uplink, every: [2s, 20s]}
+  - degrade: {proxy: uplink, latency: 300ms, jitter: 100ms, loss: 0.01}
+"""
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulators.wan", "serve", "--api", "127.0.0.1:0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"http://[0-9.]+:\d+", line)
+        assert match, f"server did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        yield match.group(0)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], server: str, *argv: str) -> tuple[int, str]:
+    status = cli.main(["--server", server, *argv])
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
+def schedule_log(capsys: pytest.CaptureFixture[str], server: str, path: Path, seed: int) -> list:
+    status, out = run_cli(capsys, server, "schedule", "run", str(path), "--seed", str(seed),
+                          "--time-scale", "300", "--wait")
+    assert status == 0, out
+    run_id = re.search(r"Started schedule (\d+)", out).group(1)  # type: ignore[union-attr]
+    status, out = run_cli(capsys, server, "schedule", "show", run_id)
+    assert status == 0
+    run = json.loads(out)
+    assert run["status"] == "finished"
+    return run["events"]
+
+
+@pytest.mark.integration
+def test_seeded_flap_schedule_is_repeatable(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out = run_cli(capsys, server, "proxy", "add", "uplink",
+                          "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9")
+    assert status == 0, out
+    path = tmp_path / "flap.yaml"
+    path.write_text(SCHEDULE)
+
+    first = schedule_log(capsys, server, path, seed=1)
+    second = schedule_log(capsys, server, path, seed=1)
+    other = schedule_log(capsys, server, path, seed=2)
+
+    assert first == second
+    assert first != other
+    cuts = [e for e in first if e["action"] == "partition"]
+    heals = [e for e in first if e["action"] == "heal"]
+    assert len(cuts) >= 10 and len(heals) == len(cuts)  # 600 s / (2..20 s) per state
+    times = [e["t"] for e in first if e["action"] in ("partition", "heal")]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(2.0 - 1e-9 <= gap <= 20.0 + 1e-9 for gap in gaps[:-1])
+    assert times[-1] <= 600
+    added = {e["toxic"] for e in first if e["action"] == "add_toxic"}
+    assert added == {"degrade1_latency_upstream", "degrade1_latency_downstream",
+                     "degrade1_loss_upstream", "degrade1_loss_downstream"}
+    assert not any("error" in e for e in first)
+
+    # Without `for`, the degrade lasted to the schedule's end; the link ends clean.
+    removed = {e["toxic"] for e in first if e["action"] == "remove_toxic"}
+    assert removed == added
+    status, out = run_cli(capsys, server, "proxy", "list", "--json")
+    assert json.loads(out)["uplink"]["toxics"] == []
+
+    # The global event log attributes each change to its schedule run.
+    status, out = run_cli(capsys, server, "events")
+    sources = {e["source"] for e in json.loads(out)}
+    assert {"api", "schedule:1", "schedule:2", "schedule:3"} <= sources
+
+
+@pytest.mark.integration
+def test_cli_errors_and_exit_status(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out = run_cli(capsys, server, "toxic", "add", "nowhere", "--type", "latency")
+    assert status == 3 and "proxy not found" in out
+    status, out = run_cli(capsys, server, "proxy", "add", "p", "--upstream", "127.0.0.1:9")
+    assert status == 0
+    status, out = run_cli(capsys, server, "toxic", "add", "p", "--type", "nonsense")
+    assert status == 3 and "invalid toxic type" in out
+    status, out = run_cli(capsys, server, "toxic", "add", "p", "-t", "latency",
+                          "-a", "latency=250", "-a", "jitter=20")
+    assert status == 0 and "latency_downstream" in out
+    status, out = run_cli(capsys, server, "partition", "p")
+    assert status == 0
+    status, out = run_cli(capsys, server, "heal", "p")
+    assert status == 0
+    status, out = run_cli(capsys, server, "toxic", "list", "p")
+    assert [t["name"] for t in json.loads(out)] == ["latency_downstream"]
+    status, out = run_cli(capsys, server, "reset")
+    assert status == 0
+    status, out = run_cli(capsys, "http://127.0.0.1:9", "proxy", "list")
+    assert status == 1 and "cannot reach" in out
