@@ -1,0 +1,1 @@
+"""SNMP on the site: the device poller (pysnmp on the asyncio reactor)."""
