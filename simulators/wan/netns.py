@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zlib
 from collections.abc import Sequence
 
 
@@ -38,9 +39,10 @@ class NamespacePair:
         self.primary = primary
         self.site_ip = f"{prefix}.1"
         self.primary_ip = f"{prefix}.2"
-        # Interface names are limited to 15 characters.
-        self.site_if = f"v{abs(hash((site, primary))) % 10**8}s"
-        self.primary_if = f"v{abs(hash((site, primary))) % 10**8}p"
+        # Interface names are limited to 15 characters; the same in every process.
+        tag = zlib.crc32(f"{site}/{primary}".encode()) % 10**8
+        self.site_if = f"v{tag}s"
+        self.primary_if = f"v{tag}p"
         self.cut_mode: str | None = None
 
     def _ip(self, *args: str, namespace: str | None = None, check: bool = True) -> str:

@@ -474,8 +474,9 @@ class ScheduleRun:
             self.sim.remove_toxic(proxy, name)
 
     def stop(self) -> None:
-        """Stop early and undo what the run left applied (heal, enable)."""
-        if self.status != "running":
+        """Stop (if still running) and undo what the run left applied: heal, enable,
+        remove its toxics. Also for a finished run whose actions had no end."""
+        if self.status in ("stopped", "pending"):
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -233,12 +233,13 @@ class TimedQueueStage(Stage):
     def on_data(self, data: bytes) -> None:
         now = self.ctx.clock.seconds()
         pieces = self.schedule(data, now)
-        if not self.queue and all(when <= now for when, _ in pieces):
-            # Nothing waiting and nothing to wait for: straight through.
-            for _, piece in pieces:
-                self.next.on_data(piece)
-            return
-        for when, piece in pieces:
+        # What is due with nothing queued before it goes straight through.
+        first_late = 0
+        if not self.queue:
+            while first_late < len(pieces) and pieces[first_late][0] <= now:
+                self.next.on_data(pieces[first_late][1])
+                first_late += 1
+        for when, piece in pieces[first_late:]:
             self._push(when, piece)
             self.bytes_held += len(piece)
             self.ctx.held(len(piece))

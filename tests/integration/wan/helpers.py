@@ -12,8 +12,8 @@ from typing import Any
 
 from twisted.internet import defer, protocol, task
 from twisted.internet import reactor as _reactor
-from twisted.python.failure import Failure
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 reactor: Any = _reactor

@@ -7,6 +7,7 @@ from the control API. Same seed, same log; another seed, another log.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -86,7 +87,7 @@ def test_seeded_flap_schedule_is_repeatable(
     heals = [e for e in first if e["action"] == "heal"]
     assert len(cuts) >= 10 and len(heals) == len(cuts)  # 600 s / (2..20 s) per state
     times = [e["t"] for e in first if e["action"] in ("partition", "heal")]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(2.0 - 1e-9 <= gap <= 20.0 + 1e-9 for gap in gaps[:-1])
     assert times[-1] <= 600
     added = {e["toxic"] for e in first if e["action"] == "add_toxic"}
