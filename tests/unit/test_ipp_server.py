@@ -30,6 +30,7 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -126,7 +127,7 @@ def make_site(
         policies=lambda device: LAB_POLICY, reactor=reactor, use_ghostscript=False,
     )
     root = build_ipp_root(service)
-    port = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")
+    port = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")  # type: ignore[arg-type]
     site = IppSite(service, database, spool, root, port)
 
     async def complete(job: Job) -> None:
@@ -182,7 +183,7 @@ def request(op: int, site: IppSite | None, queue: str = "mfd-1", user: str | Non
 async def post(site: IppSite, queue: str, body: bytes) -> tuple[int, list[bytes], bytes]:
     pool = HTTPConnectionPool(reactor, persistent=False)
     response = await treq.post(site.url(queue), data=body, pool=pool,
-                               headers={b"Content-Type": [b"application/ipp"]})
+                               headers=Headers({b"Content-Type": [b"application/ipp"]}))
     payload = await treq.content(response)
     return response.code, response.headers.getRawHeaders(b"content-type") or [], payload
 
@@ -356,7 +357,9 @@ async def test_findme_job_is_held_for_its_owner(site: IppSite) -> None:
     assert job_value(reply, "job-originating-user-name") == "bob"
     assert job_value(reply, "job-state") == 4
     assert job_value(reply, "time-at-completed") is None       # no-value
-    assert reply.group(GroupTag.JOB).get("time-at-completed").tag == ValueTag.NO_VALUE
+    job_group = reply.group(GroupTag.JOB)
+    assert job_group is not None
+    assert job_group.attributes["time-at-completed"].tag == ValueTag.NO_VALUE
     assert site.completed == []
     # a job of the Find-Me queue is not found through another queue
     reply = await send(site, request(Operation.GET_JOB_ATTRIBUTES, site, "mfd-1", "bob",
@@ -447,7 +450,7 @@ async def test_validate_job(site: IppSite) -> None:
     reply = await send(site, strict)
     assert status(reply) is Status.CLIENT_ERROR_ATTRIBUTES_OR_VALUES_NOT_SUPPORTED
     assert unsupported_names(reply) == {"copies"}
-    assert reply.group(GroupTag.UNSUPPORTED).get("copies").value == 5000
+    assert reply.get(GroupTag.UNSUPPORTED, "copies") == 5000
 
     lenient = request(Operation.VALIDATE_JOB, site, "findme",
                       job_attrs=[*bad_copies, attr("job-sheets", ValueTag.KEYWORD, "standard")])
@@ -659,11 +662,9 @@ async def test_malformed_and_truncated_heads_are_bad_requests(site: IppSite) -> 
     for name, body in cases.items():
         reply = await post_raw(site, body)
         assert status(reply) is Status.CLIENT_ERROR_BAD_REQUEST, name
-        if len(body) >= 8:
-            assert reply.version == (body[0], body[1]) and reply.request_id == 9 or \
-                name == "header only" or name == "truncated head", name
-    reply = await post_raw(site, good[:head_length - 5])
-    assert reply.version == (1, 1)
+        if len(body) >= 8:      # what arrived of the header is echoed
+            assert reply.version == (body[0], body[1]), name
+            assert reply.request_id == int.from_bytes(body[4:8], "big"), name
     # request-id 0, missing or misordered charset/language, no printer-uri
     zero = request(Operation.GET_PRINTER_ATTRIBUTES, site)
     zero.request_id = 0
@@ -823,8 +824,9 @@ def in_process(resource: IppPrinterResource, body: bytes | io.BytesIO,
     """POST `body` to an inline site's resource without a socket; it answers at once."""
     req = DummyRequest([queue])
     req.method = b"POST"
-    req.isSecure = lambda: False
-    req.content = body if isinstance(body, io.BytesIO) else io.BytesIO(body)
+    req.isSecure = lambda: False  # type: ignore[attr-defined]
+    req.content = (  # type: ignore[attr-defined]
+        body if isinstance(body, io.BytesIO) else io.BytesIO(body))
     req.requestHeaders.addRawHeader(b"host", b"127.0.0.1:631")
     assert resource.render(req) is server.NOT_DONE_YET
     assert req.finished, "an inline site answers synchronously"
@@ -989,11 +991,12 @@ def test_random_bodies_get_ipp_answers(inline_site: IppSite, body: bytes,
                                        caplog: pytest.LogCaptureFixture) -> None:
     site = inline_site
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer: Any = events.append
+    globalLogPublisher.addObserver(observer)
     try:
         req = in_process(printers_resource(site), body)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     assert req.responseCode in (None, 200)
     assert req.responseHeaders.getRawHeaders(b"content-type") == [b"application/ipp"]
     reply = codec.decode(b"".join(req.written))

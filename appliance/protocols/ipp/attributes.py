@@ -352,13 +352,20 @@ def job_attributes(job: Job, ctx: JobContext) -> dict[str, Attribute]:
         attr("sides", ValueTag.KEYWORD, options.sides),
         attr("number-up", ValueTag.INTEGER, options.number_up),
         attr("print-color-mode", ValueTag.KEYWORD, options.colour_mode or "auto"),
-        attr("job-hold-until", ValueTag.KEYWORD, options.hold_until or "no-hold"),
+        attr("job-hold-until", ValueTag.KEYWORD, _hold_until(job)),
     ]
     if options.media:
         attributes.append(attr("media", ValueTag.KEYWORD, options.media))
     if job.device:
         attributes.append(attr("output-device-assigned", ValueTag.NAME, job.device[:127]))
     return {a.name: a for a in attributes}
+
+
+def _hold_until(job: Job) -> str:
+    """What holds the job: its own job-hold-until, or the Find-Me queue holding every job."""
+    if job.options.hold_until:
+        return job.options.hold_until
+    return "indefinite" if job.state is JobState.HELD else "no-hold"
 
 
 def _uuid_text(raw: str) -> str:

@@ -334,7 +334,7 @@ class IppPrinterResource(resource.Resource):
             reply = self._job_error(message, exc)
         except SpoolFull as exc:
             reply = self._error(message, Status.CLIENT_ERROR_REQUEST_ENTITY_TOO_LARGE,
-                                _SPOOL_FULL_MESSAGE.get(exc.scope, str(exc)))
+                                f"{_SPOOL_FULL_MESSAGE.get(exc.scope, 'Too large')} ({exc})")
         except Exception:
             log.exception("internal error answering IPP operation 0x%04x (request-id %d)",
                           message.code, message.request_id)
