@@ -113,9 +113,6 @@ class WanApi(resource.Resource):
         listen = _str_field(body, "listen")
         enabled = _bool_field(body, "enabled", True)
         proxy = self.sim.add_proxy(name, listen, upstream, bool(enabled))
-        for spec in body.get("toxics") or []:
-            if isinstance(spec, dict):  # accepted by some clients' helpers
-                self.toxic_create(name, spec)
         return 201, proxy.to_json()
 
     def proxy_update(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:

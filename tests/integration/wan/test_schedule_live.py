@@ -7,12 +7,14 @@ from the control API. Same seed, same log; another seed, another log.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,22 +33,28 @@ actions:
 """
 
 
-@pytest.fixture
-def server() -> Iterator[str]:
+@contextlib.contextmanager
+def running_server(*extra: str) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "simulators.wan", "serve", "--api", "127.0.0.1:0"],
+        [sys.executable, "-m", "simulators.wan", "serve", "--api", "127.0.0.1:0", *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert process.stdout is not None
+        assert process.stdout is not None and process.stderr is not None
         line = process.stdout.readline()
         match = re.search(r"http://[0-9.]+:\d+", line)
-        assert match, f"server did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        assert match, f"server did not start: {line!r} {process.stderr.read()}"
         yield match.group(0)
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    with running_server() as url:
+        yield url
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], server: str, *argv: str) -> tuple[int, str]:
@@ -130,3 +138,57 @@ def test_cli_errors_and_exit_status(
     assert status == 0
     status, out = run_cli(capsys, "http://127.0.0.1:9", "proxy", "list")
     assert status == 1 and "cannot reach" in out
+
+
+@pytest.mark.integration
+def test_serve_with_toxiproxy_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "toxiproxy.json"
+    config.write_text(json.dumps([
+        {"name": "web", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9", "enabled": True},
+        {"name": "db", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9", "enabled": False},
+    ]))
+    with running_server("--config", str(config)) as url:
+        _status, out = run_cli(capsys, url, "proxy", "list", "--json")
+        proxies = json.loads(out)
+        assert {name: p["enabled"] for name, p in proxies.items()} == {"web": True, "db": False}
+
+
+@pytest.mark.integration
+def test_serve_with_yaml_config_and_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "wan.yaml"
+    config.write_text("""
+seed: 5
+proxies:
+  - {name: uplink, listen: 127.0.0.1:0, upstream: 127.0.0.1:9}
+toxics:
+  uplink:
+    - {type: latency, stream: downstream, attributes: {latency: 250}}
+schedule:
+  seed: 3
+  time_scale: 1000
+  actions:
+    - cut: {proxy: uplink, at: 10s, for: 1h}
+""")
+    with running_server("--config", str(config)) as url:
+        _status, out = run_cli(capsys, url, "toxic", "list", "uplink")
+        assert "latency_downstream" in [t["name"] for t in json.loads(out)]
+        for _ in range(100):
+            _status, out = run_cli(capsys, url, "schedule", "show", "1")
+            if json.loads(out)["status"] == "finished":
+                break
+            time.sleep(0.1)
+        events = json.loads(out)["events"]
+        assert [(e["t"], e["action"]) for e in events] == [(10.0, "partition"),
+                                                           (3610.0, "heal")]
+
+
+@pytest.mark.integration
+def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("schedule: {actions: [{wobble: {proxy: x}}]}")
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.wan", "serve", "--api", "127.0.0.1:0",
+         "--config", str(config)], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "unknown action" in result.stderr
