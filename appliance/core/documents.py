@@ -347,6 +347,10 @@ class _NeedMore(Exception):
     """The parse ran off the end of a window that does not reach EOF."""
 
 
+class _Exhausted(Exception):
+    """The PDF has cost more work than any honest file of its size could."""
+
+
 _WS = b"\x00\t\n\x0c\r "
 _S = rb"[\x00\t\n\x0c\r ]"  # one PDF white-space character
 _WS_RE = re.compile(rb"(?:[\x00\t\n\x0c\r ]+|%[^\r\n]*)*")
@@ -359,6 +363,7 @@ _OBJ_SCAN_RE = re.compile(rb"(?<![0-9])(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + 
 _XREF_SUBSECTION_RE = re.compile(_S + rb"*(\d+)" + _S + rb"+(\d+)")
 _XREF_ENTRY_RE = re.compile(_S + rb"*(\d{1,10})" + _S + rb"+(\d{1,5})" + _S + rb"+([fn])")
 _NAME_ESCAPE_RE = re.compile(rb"#([0-9A-Fa-f]{2})")
+_STRING_SPECIAL_RE = re.compile(rb"\\[\x00-\xff]|[()]")
 _MAX_DEPTH = 64
 _MAX_DECODED = 64 << 20  # decoded xref / object streams beyond this are refused
 _MAX_TREE_NODES = 25_000  # beyond this, walking costs seconds: trust /Count
@@ -479,20 +484,15 @@ class _Lexer:
     def _string(self, pos: int) -> tuple[_Obj, int]:
         buf = self.buf
         depth = 0
-        i = pos
-        n = len(buf)
-        while i < n:
-            c = buf[i]
-            if c == 0x5C:  # backslash
-                i += 2
-                continue
-            if c == 0x28:
+        for m in _STRING_SPECIAL_RE.finditer(buf, pos):
+            c = m.group()
+            if c == b"(":
                 depth += 1
-            elif c == 0x29:
+            elif c == b")":
                 depth -= 1
                 if depth == 0:
-                    return bytes(buf[pos + 1 : i]), i + 1
-            i += 1
+                    return bytes(buf[pos + 1 : m.start()]), m.end()
+            # a backslash and the character it escapes are consumed together
         raise self._short()
 
 
@@ -530,12 +530,18 @@ class _Pdf:
         self.objstms: dict[int, tuple[bytes, dict[int, int], int]] = {}
         self.resolving: set[int] = set()
         self.shift = 0  # added to every offset: nonzero for junk-prefixed files
+        # Bytes the parser may look at in all, re-reads included: enough for
+        # any honest file, but bounded for ones built to make it rescan.
+        self.budget = (32 << 20) + 4 * size
 
     # -- raw access ----------------------------------------------------------
 
     def read_at(self, offset: int, n: int) -> bytes:
         if offset < 0 or offset >= self.size:
             return b""
+        self.budget -= min(n, self.size - offset)
+        if self.budget < 0:
+            raise _Exhausted()
         self.f.seek(offset)
         return self.f.read(n)
 
@@ -1132,8 +1138,20 @@ def _count_postscript(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, 
             break
     declared = trailer_pages if trailer_pages is not None else header_pages
     if declared is None:
+        if not page_comments and _is_eps(head):
+            return 1, None  # an EPS file is one page by definition
         return (page_comments or None), None
     return max(declared, page_comments), None
+
+
+def _is_eps(head: bytes) -> bool:
+    start = 0
+    if head.startswith(b"\xc5\xd0\xd3\xc6") and len(head) >= 8:  # DOS EPS binary header
+        start = struct.unpack_from("<I", head, 4)[0]
+    else:
+        start, _ = _strip_pjl(head)
+    first_line = re.match(rb"[^\r\n]*", head[start : start + 256])
+    return first_line is not None and b"EPSF" in first_line.group()
 
 
 # --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -561,6 +562,23 @@ def test_pdf_garbage_gives_none(tmp_path: Path, data: bytes) -> None:
     assert count_pages(write(tmp_path, "g.pdf", data)) == DocumentInfo(PDF, None, None)
 
 
+@pytest.mark.parametrize(
+    "unit",
+    [
+        b"%d 0 obj\n(",  # strings that never end: every object rescans to EOF
+        b"%d 0 obj << /Type /Page >> stream\n",  # streams without endstream
+        b"%d 0 obj\n[",
+        b"%d 0 obj\n<< /Type /Page ",
+    ],
+)
+def test_pdf_rescanning_is_bounded(tmp_path: Path, unit: bytes) -> None:
+    data = b"%PDF-1.4\n" + b"".join(unit % i for i in range(30_000))
+    started = time.monotonic()
+    info = count_pages(write(tmp_path, "adv.pdf", data))
+    assert info.format == PDF
+    assert time.monotonic() - started < 30
+
+
 def test_pdf_encrypted_object_streams_are_not_counted() -> None:
     # /Count sits in an AES-encrypted object stream: None, not a guess
     info = count_pages(fixture("mixed5-encrypted-objstm.pdf"))
@@ -629,6 +647,13 @@ def test_ps_large_file_streams_across_chunks(tmp_path: Path) -> None:
     # also with the trailer value missing: the page comments are counted
     data = data.replace(b"%%Pages: 3000", b"")
     assert count_pages(write(tmp_path, "big2.ps", data)).pages == 3000
+
+
+def test_eps_is_one_page(tmp_path: Path) -> None:
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n%%EndComments\n0 0 9 9 rectfill\n"
+    assert count_pages(write(tmp_path, "a.eps", eps)) == DocumentInfo(POSTSCRIPT, 1, None)
+    dos = struct.pack("<4sIIIIIIH", b"\xc5\xd0\xd3\xc6", 30, len(eps), 0, 0, 0, 0, 0xFFFF)
+    assert count_pages(write(tmp_path, "b.eps", dos + eps)) == DocumentInfo(POSTSCRIPT, 1, None)
 
 
 def test_ps_without_dsc_is_not_countable(tmp_path: Path) -> None:
