@@ -118,3 +118,30 @@ async def test_findme_fails_only_the_tests_that_need_a_completed_job(tmp_path: P
         assert text.count("[FAIL]") == len(NEEDS_COMPLETED_JOB), (suite, text)
     for site in sites.values():
         assert site.completed == []          # Find-Me never prints on its own
+
+
+@pytest.mark.skipif(shutil.which("lp") is None, reason="lp (cups-client) is not installed")
+@pytest_twisted.ensureDeferred
+async def test_lp_prints_to_the_findme_queue(tmp_path: Path) -> None:
+    """CUPS's lp, pointed at the site as a server, posts to `/`; the job is held for its owner
+    with the options it asked for."""
+    site = make_site(tmp_path / "site")
+    env = dict(os.environ, LC_ALL="C", HOME=str(tmp_path))
+    try:
+        out, err, code = await getProcessOutputAndValue(
+            shutil.which("lp") or "lp",
+            ["-h", f"127.0.0.1:{site.port_number}", "-U", "alice", "-d", "findme", "-n", "2",
+             "-o", "sides=two-sided-long-edge", "-t", "quarterly report",
+             str(DOCS / "document-a4.pdf")],
+            env=env, path=str(tmp_path),
+        )
+        assert code == 0, (out, err)
+        assert b"request id is findme-" in out
+        held = await site.service.held_for("alice")
+    finally:
+        await site.close()
+    assert len(held) == 1
+    job = held[0]
+    assert job.name == "quarterly report"
+    assert job.options.copies == 2 and job.options.sides == "two-sided-long-edge"
+    assert job.pages == 2 and job.document_format == "application/pdf"

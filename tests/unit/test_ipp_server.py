@@ -77,6 +77,9 @@ class IppSite:
         return f"ipp://127.0.0.1:{self.port_number}/printers/{queue}"
 
     def url(self, queue: str) -> str:
+        """The HTTP URL to POST to; queue "" is the root (routing by printer-uri)."""
+        if not queue:
+            return f"http://127.0.0.1:{self.port_number}/"
         return f"http://127.0.0.1:{self.port_number}/printers/{queue}"
 
     def spool_files(self) -> list[str]:
@@ -194,6 +197,7 @@ async def send(site: IppSite, message: Message, data: bytes = b"", queue: str | 
     if queue is None:
         uri = message.get(GroupTag.OPERATION, "printer-uri") or ""
         queue = uri.rsplit("/", 1)[-1] if uri else "mfd-1"
+        assert queue, "send(..., queue='') to post to the root"
     code, types, payload = await post(site, queue, codec.encode(message) + data)
     assert code == 200
     assert types == [b"application/ipp"]
@@ -639,6 +643,32 @@ async def test_get_jobs_filters(site: IppSite) -> None:
     assert reply.get(GroupTag.PRINTER, "queued-job-count") == 3
 
 
+@pytest_twisted.ensureDeferred
+async def test_requests_posted_to_the_root_go_to_their_printer_uri(site: IppSite) -> None:
+    """What CUPS clients pointed at a server (`lp -h site`) do."""
+    reply = await send(site, request(Operation.GET_PRINTER_ATTRIBUTES, site, "findme"),
+                       queue="")
+    assert status(reply) is Status.SUCCESSFUL_OK
+    assert reply.get(GroupTag.PRINTER, "printer-name") == "findme"
+    reply = await send(site, request(Operation.PRINT_JOB, site, "findme"), PDF, queue="")
+    job_id = job_value(reply, "job-id")
+    assert job_value(reply, "job-state") == 4
+    # CUPS's own job-uri form, ipp://host/jobs/<id>
+    reply = await send(site, codec.request(Operation.GET_JOB_ATTRIBUTES, 3, None, user="alice",
+                                           extra=[attr("job-uri", ValueTag.URI,
+                                                       f"ipp://localhost/jobs/{job_id}")]),
+                       queue="")
+    assert status(reply) is Status.SUCCESSFUL_OK
+    assert job_value(reply, "job-printer-uri") == site.uri("findme")
+    for uri in ("ipp://localhost/printers/nowhere", "ipp://localhost/", "ipp://localhost/jobs/99"):
+        reply = await send(site, request(Operation.GET_PRINTER_ATTRIBUTES, site,
+                                         printer_uri=uri), queue="")
+        assert status(reply) is Status.CLIENT_ERROR_NOT_FOUND, uri
+    reply = await send(site, codec.request(Operation.GET_PRINTER_ATTRIBUTES, 4, None),
+                       queue="")
+    assert status(reply) is Status.CLIENT_ERROR_BAD_REQUEST
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -819,7 +849,7 @@ class _ChunkOnlyContent(io.BytesIO):
         return super().read(size)
 
 
-def in_process(resource: IppPrinterResource, body: bytes | io.BytesIO,
+def in_process(resource: Resource, body: bytes | io.BytesIO,
                queue: bytes = b"mfd-1") -> DummyRequest:
     """POST `body` to an inline site's resource without a socket; it answers at once."""
     req = DummyRequest([queue])
@@ -986,15 +1016,20 @@ ALLOWED = {s for s in Status if s != Status.SERVER_ERROR_INTERNAL_ERROR}
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(body=st.one_of(structured(), structured(), structured(), mutated(),
-                     st.binary(max_size=64)))
-def test_random_bodies_get_ipp_answers(inline_site: IppSite, body: bytes,
+                     st.binary(max_size=64)),
+       target=st.sampled_from([b"mfd-1", b"findme", b"nowhere", b"/"]))
+def test_random_bodies_get_ipp_answers(inline_site: IppSite, body: bytes, target: bytes,
                                        caplog: pytest.LogCaptureFixture) -> None:
+    """`target` b"/" posts to the root, which routes by printer-uri."""
     site = inline_site
     events: list[dict[str, Any]] = []
     observer: Any = events.append
     globalLogPublisher.addObserver(observer)
     try:
-        req = in_process(printers_resource(site), body)
+        if target == b"/":
+            req = in_process(site.root, body, b"")
+        else:
+            req = in_process(printers_resource(site), body, target)
     finally:
         globalLogPublisher.removeObserver(observer)
     assert req.responseCode in (None, 200)

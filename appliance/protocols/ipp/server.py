@@ -271,9 +271,14 @@ class IppPrinterResource(resource.Resource):
         return b"This is an IPP printer: print to it with ipp://, not a web browser.\n"
 
     def render_POST(self, request: Request) -> Any:
+        return self.render_ipp(request, by_uri=False)
+
+    def render_ipp(self, request: Request, *, by_uri: bool) -> Any:
+        """Answer an IPP request; `by_uri`: the queue comes from the request's printer-uri
+        or job-uri rather than from the HTTP path (requests POSTed to `/`)."""
         disconnected: list[bool] = []
         request.notifyFinish().addErrback(lambda _: disconnected.append(True))
-        d = defer.ensureDeferred(self._answer(request))
+        d = defer.ensureDeferred(self._answer(request, by_uri))
 
         def write(payload: bytes) -> None:
             if disconnected:
@@ -298,7 +303,7 @@ class IppPrinterResource(resource.Resource):
 
     # ------------------------------------------------------------ decoding and errors
 
-    async def _answer(self, request: Request) -> bytes:
+    async def _answer(self, request: Request, by_uri: bool = False) -> bytes:
         """The encoded IPP answer to one HTTP request; never raises for bad input."""
         content = request.content
         if content is not None:
@@ -327,7 +332,7 @@ class IppPrinterResource(resource.Resource):
             return self._encode_error(_header_message(header), exc.status, str(exc))
         body = _Body(pending, content, self.reactor)
         try:
-            reply = await self._dispatch(request, message, body)
+            reply = await self._dispatch(request, message, body, by_uri)
         except IppError as exc:
             reply = self._error(message, exc.status, str(exc), exc.unsupported)
         except JobError as exc:
@@ -385,7 +390,8 @@ class IppPrinterResource(resource.Resource):
 
     # ------------------------------------------------------------ checks common to all operations
 
-    async def _dispatch(self, request: Request, message: Message, body: _Body) -> Message:
+    async def _dispatch(self, request: Request, message: Message, body: _Body,
+                        by_uri: bool) -> Message:
         if message.request_id <= 0:
             raise _bad_request("request-id must be between 1 and 2147483647")
         if not message.groups or message.groups[0].tag != GroupTag.OPERATION:
@@ -406,11 +412,15 @@ class IppPrinterResource(resource.Resource):
         if handler is None:
             raise IppError(Status.SERVER_ERROR_OPERATION_NOT_SUPPORTED,
                            f"operation 0x{message.code:04x} is not supported")
-        queue_name = _queue_name(request)
+        if by_uri:
+            queue_name = await self._queue_from_uris(operation)
+            where = "that printer-uri or job-uri"
+        else:
+            queue_name = _queue_name(request)
+            where = _path(request)
         queue = self.service.queue(queue_name) if queue_name is not None else None
         if queue is None:
-            raise IppError(Status.CLIENT_ERROR_NOT_FOUND,
-                           f"there is no printer at {_path(request)}")
+            raise IppError(Status.CLIENT_ERROR_NOT_FOUND, f"there is no printer at {where}")
         user_attribute = operation.get("requesting-user-name")
         user: str | None = None
         if user_attribute is not None:
@@ -430,6 +440,30 @@ class IppPrinterResource(resource.Resource):
             body=body, user=user,
         )
         return await handler(call)
+
+    async def _queue_from_uris(self, operation: AttributeGroup) -> str | None:
+        """The queue a request POSTed to `/` is for, as CUPS clients talking to a server
+        (`lp -h site`) send them: the path of printer-uri (`/printers/<queue>`), else of
+        job-uri (ours, `/printers/<queue>/jobs/<id>`, or CUPS's `/jobs/<id>`)."""
+        for name in ("printer-uri", "job-uri"):
+            attribute = operation.get(name)
+            text = _string(attribute.value) if attribute is not None else None
+            if text is None:
+                continue
+            try:
+                parts = [unquote(p) for p in urlsplit(text).path.split("/") if p]
+            except ValueError:
+                return None
+            if len(parts) >= 2 and parts[0] == "printers":
+                return parts[1]
+            job_id = _job_id_from_uri(text) if name == "job-uri" else None
+            if job_id is not None and len(parts) == 2 and job_id > 0:
+                job = await self.service.job(job_id)
+                return job.queue if job is not None else None
+            return None
+        if operation.get("printer-uri") is None and operation.get("job-uri") is None:
+            raise _bad_request("printer-uri is missing")
+        return None
 
     def _require_printer_uri(self, call: _Call) -> None:
         value = call.op_value("printer-uri")
@@ -858,16 +892,40 @@ def _local_port(request: Request) -> int | None:
     return port if isinstance(port, int) else None
 
 
+class IppRootResource(resource.Resource):
+    """`/`: IPP requests POSTed to the root go to the queue their printer-uri names.
+
+    CUPS clients pointed at a server rather than a printer (`lp -h site:631 -d
+    findme`, or ServerName in client.conf) send every request to `/`; cupsd
+    routes them by printer-uri, and so do we. Other paths are twisted.web's.
+    """
+
+    def __init__(self, printers: IppPrinterResource) -> None:
+        super().__init__()
+        self.printers = printers
+        self.putChild(b"printers", printers)
+
+    def getChild(self, path: bytes, request: Request) -> resource.Resource:
+        if path == b"":
+            return self
+        return super().getChild(path, request)
+
+    def render_POST(self, request: Request) -> Any:
+        return self.printers.render_ipp(request, by_uri=True)
+
+    def render_GET(self, request: Request) -> bytes:
+        return self.printers.render_GET(request)
+
+
 def build_ipp_root(
     service: PrintService,
     base_uri_for: Callable[[Request], str] | None = None,
     **options: Any,
 ) -> resource.Resource:
-    """The IPP site's root: `/printers/<queue>` for every queue of `service`.
+    """The IPP site's root: `/printers/<queue>` for every queue of `service`, and `/`
+    routing by printer-uri.
 
     `options` go to `IppPrinterResource` (site_name, location, default_media,
     max_document, reactor, clock).
     """
-    root = resource.Resource()
-    root.putChild(b"printers", IppPrinterResource(service, base_uri_for, **options))
-    return root
+    return IppRootResource(IppPrinterResource(service, base_uri_for, **options))
