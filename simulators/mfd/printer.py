@@ -161,6 +161,8 @@ class SimulatedMfd:
         colour: bool = True,
         page_delay: float = 0.0,
         reactor: Any = None,
+        snmp_community: str | None = None,
+        snmp_v3: dict[str, str] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -203,6 +205,11 @@ class SimulatedMfd:
         self._control_factory = WrappingFactory(self._site(ControlResource(self)))
         self.ipp_port: int | None = None
         self.control_port: int | None = None
+        #: SNMP agent (`snmp.py`), made by listen(snmp_port=...); None: no SNMP.
+        self.snmp_community = snmp_community
+        self.snmp_v3 = snmp_v3
+        self.snmp_agent: Any = None
+        self.snmp_port: int | None = None
 
     @staticmethod
     def _site(root: resource.Resource) -> server.Site:
@@ -213,8 +220,12 @@ class SimulatedMfd:
 
     # ------------------------------------------------------------ lifecycle
 
-    def listen(self, host: str = "127.0.0.1", ipp_port: int = 0, control_port: int = 0) -> None:
-        """Open the IPP and control ports (0: any free port), synchronously."""
+    def listen(self, host: str = "127.0.0.1", ipp_port: int = 0, control_port: int = 0,
+               snmp_port: int | None = None) -> None:
+        """Open the IPP and control ports (0: any free port), synchronously.
+
+        With `snmp_port` (0: any free UDP port) the SNMP agent answers there too.
+        """
         self._host = host
         self._uri_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         if ":" in self._uri_host:
@@ -229,6 +240,12 @@ class SimulatedMfd:
                 ipp_port, self._ipp_factory, interface=host
             )
             self.ipp_port = self._ipp_listener.getHost().port
+        if snmp_port is not None:
+            from .snmp import LAB_COMMUNITY, MfdSnmpAgent
+
+            self.snmp_agent = MfdSnmpAgent(self, community=self.snmp_community or LAB_COMMUNITY,
+                                           v3=self.snmp_v3)
+            self.snmp_port = self.snmp_agent.listen(host or "0.0.0.0", snmp_port)
 
     @property
     def ipp_uri(self) -> str:
@@ -257,6 +274,8 @@ class SimulatedMfd:
                 waits.append(defer.maybeDeferred(listener.stopListening))
             _drop_connections(factory)
         self._ipp_listener = self._control_listener = None
+        if self.snmp_agent is not None:
+            self.snmp_agent.close()
         for timeout in self._incoming.values():
             if timeout.active():
                 timeout.cancel()
