@@ -27,7 +27,9 @@ import treq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task
+from twisted.internet.error import ConnectionLost
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -537,6 +539,35 @@ async def test_create_job_then_send_document(site: IppSite) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_send_documents_at_once_get_one_document(
+    site: IppSite, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reply = await send(site, request(Operation.CREATE_JOB, site, "findme"))
+    job_id = job_value(reply, "job-id")
+    gate: defer.Deferred[None] = defer.Deferred()
+    real_submit = site.service.submit
+
+    async def slow_submit(*args: Any, **kwargs: Any) -> Job:
+        await gate
+        return await real_submit(*args, **kwargs)
+
+    monkeypatch.setattr(site.service, "submit", slow_submit)
+    message = request(Operation.SEND_DOCUMENT, site, "findme", op_attrs=[
+        *op_job_id(job_id), attr("last-document", ValueTag.BOOLEAN, True)])
+    first = defer.ensureDeferred(send(site, message, PDF))
+    for _ in range(200):                    # until the first one waits in submit
+        if len(site.spool_files()) == 1:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    second = await send(site, message, PDF)
+    assert status(second) is Status.CLIENT_ERROR_NOT_POSSIBLE
+    gate.callback(None)
+    assert status(await first) is Status.SUCCESSFUL_OK
+    job = await site.service.job(job_id)
+    assert job is not None and site.spool_files() == [job.spool_name]
+
+
+@pytest_twisted.ensureDeferred
 async def test_create_job_on_a_direct_queue_prints_after_send_document(site: IppSite) -> None:
     reply = await send(site, request(Operation.CREATE_JOB, site, "mfd-1"))
     job_id = job_value(reply, "job-id")
@@ -884,6 +915,29 @@ def test_body_is_read_in_chunks(inline_site: IppSite) -> None:
     job = site.database.run_sync(lambda db: db.conn.execute(
         "SELECT size FROM jobs WHERE id = ?", (job_value(reply, "job-id"),)).fetchone())
     assert job["size"] == len(document)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_goes_away_gets_no_answer_and_breaks_nothing(
+    site: IppSite, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The job is still made durable (like cupsd, we cannot un-receive it); only the
+    answer is dropped, without an error."""
+    req = DummyRequest([b"findme"])
+    req.method = b"POST"
+    req.isSecure = lambda: False  # type: ignore[attr-defined]
+    req.content = io.BytesIO(codec.encode(  # type: ignore[attr-defined]
+        request(Operation.PRINT_JOB, site, "findme")) + PDF)
+    assert printers_resource(site).render(req) is server.NOT_DONE_YET
+    req.processingFailed(Failure(ConnectionLost("client went away")))
+    for _ in range(200):
+        if await site.service.held_for("alice"):
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    await task.deferLater(reactor, 0.05, lambda: None)
+    assert len(await site.service.held_for("alice")) == 1
+    assert req.written == [] and req.finished == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # ---------------------------------------------------------------- property test

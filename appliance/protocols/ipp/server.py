@@ -167,18 +167,6 @@ class _Body:
                 since_yield = 0
                 await task.deferLater(self.reactor, 0, lambda: None)
 
-    def has_data(self) -> bool:
-        """Whether any document octets follow the head (reads one chunk ahead)."""
-        if any(self.pending):
-            return True
-        if self.content is None:
-            return False
-        chunk = self.content.read(CHUNK_SIZE)
-        if chunk:
-            self.pending.append(chunk)
-            return True
-        return False
-
 
 @dataclass
 class _Call:
@@ -251,6 +239,9 @@ class IppPrinterResource(resource.Resource):
         self.clock = clock or service.clock
         #: printer-up-time is 1 at this moment (RFC 8011 5.4.29).
         self.started = self.clock()
+        #: Jobs whose Send-Document is being received: a second one at the same time
+        #: would pass the "still waiting for its document" check too.
+        self._receiving: set[int] = set()
         self._operations: dict[int, Callable[[_Call], Awaitable[Message]]] = {
             Operation.PRINT_JOB: self._print_job,
             Operation.VALIDATE_JOB: self._validate_job,
@@ -695,8 +686,16 @@ class IppPrinterResource(resource.Resource):
         self._check_compression(call)
         if document_format is None and job.document_format != tables.DEFAULT_DOCUMENT_FORMAT:
             document_format = job.document_format
-        job = await self._receive(call, job.owner, job.name, job.options, document_format, job)
-        return self._job_created(call, job)
+        if job.id in self._receiving:
+            raise IppError(Status.CLIENT_ERROR_NOT_POSSIBLE,
+                           f"job {job.id} is already receiving its document")
+        self._receiving.add(job.id)
+        try:
+            submitted = await self._receive(call, job.owner, job.name, job.options,
+                                            document_format, job)
+        finally:
+            self._receiving.discard(job.id)
+        return self._job_created(call, submitted)
 
     async def _cancel_job(self, call: _Call) -> Message:
         job = await self._target_job(call)
