@@ -148,7 +148,15 @@ qpdf --linearize mixed5.pdf mixed5-linearized.pdf
 qpdf --linearize --object-streams=generate mono3.pdf mono3-linearized-objstm.pdf
 # AES-256, empty user password: /Count stays readable (uncompressed objects)
 qpdf --encrypt "" owner 256 -- mono3.pdf mono3-encrypted.pdf
-# AES-256 with the page tree inside an (encrypted) object stream: not countable
+# Empty user password ("owner password only") with the page tree inside
+# encrypted object streams: revision 6 (AES-256), 4 (AES-128), 3 (RC4-128), 2 (RC4-40)
 qpdf --object-streams=generate --encrypt "" owner 256 -- mixed5.pdf mixed5-encrypted-objstm.pdf
-# a user password: ghostscript cannot open it either
+qpdf --object-streams=generate --encrypt "" owner 128 --use-aes=y -- mono3.pdf mono3-aes128-objstm.pdf
+qpdf --object-streams=generate --allow-weak-crypto --encrypt "" owner 128 --use-aes=n -- \
+    mono3.pdf mono3-rc4-objstm.pdf
+qpdf --object-streams=generate --allow-weak-crypto --encrypt "" owner 40 -- \
+    mixed5.pdf mixed5-rc4-40-objstm.pdf
+# a user password: ghostscript cannot open it either; countable only while the
+# page tree is outside object streams
 qpdf --encrypt secret owner 256 -- mixed5.pdf mixed5-userpw.pdf
+qpdf --object-streams=generate --encrypt secret owner 256 -- mixed5.pdf mixed5-userpw-objstm.pdf

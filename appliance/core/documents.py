@@ -23,6 +23,7 @@ the file raises (:class:`OSError`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -409,7 +410,10 @@ class _Lexer:
             end = buf.find(b">", pos + 1)
             if end < 0:
                 raise self._short()
-            return bytes(buf[pos + 1 : end]), end + 1
+            digits = re.sub(rb"[^0-9A-Fa-f]", b"", buf[pos + 1 : end])
+            if len(digits) % 2:
+                digits += b"0"
+            return bytes.fromhex(digits.decode("ascii")), end + 1
         if c == 0x5B:  # [
             items: list[_Obj] = []
             pos += 1
@@ -491,7 +495,7 @@ class _Lexer:
             elif c == b")":
                 depth -= 1
                 if depth == 0:
-                    return bytes(buf[pos + 1 : m.start()]), m.end()
+                    return _unescape(buf[pos + 1 : m.start()]), m.end()
             # a backslash and the character it escapes are consumed together
         raise self._short()
 
@@ -530,6 +534,7 @@ class _Pdf:
         self.objstms: dict[int, tuple[bytes, dict[int, int], int]] = {}
         self.resolving: set[int] = set()
         self.shift = 0  # added to every offset: nonzero for junk-prefixed files
+        self.crypt: _Decryptor | None = None
         # Bytes the parser may look at in all, re-reads included: enough for
         # any honest file, but bounded for ones built to make it rescan.
         self.budget = (32 << 20) + 4 * size
@@ -609,10 +614,15 @@ class _Pdf:
             pos += len(chunk) - 16
         raise _Malformed("unterminated stream")
 
-    def stream_data(self, s: _Stream) -> bytes:
+    def stream_data(self, s: _Stream, num: int | None = None) -> bytes:
+        """Decoded stream data; *num* given: decrypt first (as object *num*)."""
         if s.length > _MAX_DECODED:
             raise _Malformed("stream too large")
         raw = self.read_at(s.start, s.length)
+        if num is not None and self.crypt is not None:
+            entry = self.xref.get(num)
+            gen = entry.b if entry is not None and entry.kind == 1 else 0
+            raw = self.crypt.decrypt(num, gen, raw)
         return _decode_stream(raw, s.dict, self.resolve)
 
     # -- objects -------------------------------------------------------------
@@ -649,7 +659,7 @@ class _Pdf:
         s = self.get(stm)
         if not isinstance(s, _Stream):
             raise _Malformed("object stream missing")
-        data = self.stream_data(s)
+        data = self.stream_data(s, stm)
         n = _as_int(self.resolve(s.dict.get("N"))) or 0
         first = _as_int(self.resolve(s.dict.get("First")))
         if first is None or first < 0 or n < 0:
@@ -878,9 +888,25 @@ class _Pdf:
                 return n
         return None
 
+    def setup_encryption(self, trailer: dict[str, _Obj]) -> None:
+        """Prepare to read object streams of a file encrypted without a user password."""
+        if self.crypt is not None or "Encrypt" not in trailer:
+            return
+        try:
+            encrypt = self.resolve(trailer["Encrypt"])
+            ids = _as_list(self.resolve(trailer.get("ID")))
+            first_id = self.resolve(ids[0]) if ids else b""
+            if isinstance(encrypt, dict):
+                self.crypt = _Decryptor.open(
+                    encrypt, first_id if isinstance(first_id, bytes) else b""
+                )
+        except (_Malformed, ValueError, zlib.error, struct.error):
+            self.crypt = None
+
     def count(self) -> int | None:
         try:
             self.load_xref()
+            self.setup_encryption(self.trailer)
             root = self.trailer.get("Root")
             if root is not None:
                 n = self.pages_from_root(root)
@@ -896,6 +922,7 @@ class _Pdf:
         """Rebuild the cross-reference by scanning for objects, then retry."""
         obj_re = _OBJ_SCAN_RE
         offsets: dict[int, int] = {}
+        gens: dict[int, int] = {}
         trailers: list[int] = []
         pos = 0
         overlap = 64
@@ -908,19 +935,21 @@ class _Pdf:
             for m in obj_re.finditer(chunk):
                 if m.start() < limit:
                     offsets[int(m.group(1))] = pos + m.start()
+                    gens[int(m.group(1))] = int(m.group(2))
             for m in re.finditer(rb"trailer[\x00\t\n\x0c\r ]*<<", chunk):
                 if m.start() < limit:
                     trailers.append(pos + m.start() + 7)
             if last:
                 break
             pos += limit
-        self.xref = {num: _XrefEntry(1, off, 0) for num, off in offsets.items()}
+        self.xref = {num: _XrefEntry(1, off, gens[num]) for num, off in offsets.items()}
         self.cache.clear()
         self.objstms.clear()
         roots: list[tuple[int, _Obj]] = []
         catalogs: list[tuple[int, int]] = []
         page_objects: set[int] = set()
         objstms: list[int] = []
+        encrypted: list[tuple[int, dict[str, _Obj]]] = []
         for num, off in sorted(offsets.items(), key=lambda kv: kv[1]):
             try:
                 obj = self.get(num)
@@ -938,6 +967,19 @@ class _Pdf:
                 objstms.append(num)
             elif t == "XRef" and "Root" in d:
                 roots.append((off, d["Root"]))
+                if "Encrypt" in d:
+                    encrypted.append((off, d))
+        for off in trailers:
+            try:
+                t, _ = self.parse_at(off, lambda lx: lx.value(0))
+            except (_Malformed, ValueError):
+                continue
+            if isinstance(t, dict) and "Root" in t:
+                roots.append((off, t["Root"]))
+            if isinstance(t, dict) and "Encrypt" in t:
+                encrypted.append((off, t))
+        for _, t in sorted(encrypted, key=lambda e: e[0], reverse=True)[:1]:
+            self.setup_encryption(t)
         for stm in objstms:
             try:
                 _, members, _ = self.objstm(stm)
@@ -955,13 +997,6 @@ class _Pdf:
                             page_objects.add(num)
                         elif obj.get("Type") == "Catalog":
                             catalogs.append((self.size, num))
-        for off in trailers:
-            try:
-                t, _ = self.parse_at(off, lambda lx: lx.value(0))
-            except (_Malformed, ValueError):
-                continue
-            if isinstance(t, dict) and "Root" in t:
-                roots.append((off, t["Root"]))
         roots.sort(key=lambda r: r[0])
         candidates = [r for _, r in reversed(roots)]
         candidates += [_Ref(num, 0) for _, num in sorted(catalogs, reverse=True)]
@@ -973,6 +1008,172 @@ class _Pdf:
             if n is not None:
                 return n
         return len(page_objects) or None
+
+
+_ESCAPES = {
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("("): b"(",
+    ord(")"): b")",
+    ord("\\"): b"\\",
+}
+_ESCAPE_RE = re.compile(rb"\\([0-7]{1,3}|\r\n|[\x00-\xff])|\r\n?")
+
+
+def _unescape(raw: bytes) -> bytes:
+    """The value of a literal string's contents (escapes, octal, line ends)."""
+    if b"\\" not in raw and b"\r" not in raw:
+        return bytes(raw)
+
+    def sub(m: re.Match[bytes]) -> bytes:
+        esc = m.group(1)
+        if esc is None:
+            return b"\n"  # an unescaped end of line reads as LF
+        if esc[0] in b"01234567":
+            return bytes([int(esc, 8) & 0xFF])
+        if esc in (b"\r", b"\n", b"\r\n"):
+            return b""  # line continuation
+        return _ESCAPES.get(esc[0], esc)
+
+    return _ESCAPE_RE.sub(sub, raw)
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    s = list(range(256))
+    j = 0
+    for i in range(256):
+        j = (j + s[i] + key[i % len(key)]) & 0xFF
+        s[i], s[j] = s[j], s[i]
+    out = bytearray(len(data))
+    i = j = 0
+    for k, byte in enumerate(data):
+        i = (i + 1) & 0xFF
+        j = (j + s[i]) & 0xFF
+        s[i], s[j] = s[j], s[i]
+        out[k] = byte ^ s[(s[i] + s[j]) & 0xFF]
+    return bytes(out)
+
+
+def _aes_cbc(key: bytes, iv: bytes, data: bytes, *, encrypt: bool = False) -> bytes:
+    # cryptography is already a dependency of the appliance; imported lazily
+    # so that everything else works without it.
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:  # pragma: no cover - cryptography is a dependency
+        raise _Malformed("AES needs the cryptography package") from None
+    cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    op = cipher.encryptor() if encrypt else cipher.decryptor()
+    return op.update(data) + op.finalize()
+
+
+_PASSWORD_PAD = bytes.fromhex(
+    "28bf4e5e4e758a4164004e56fffa01082e2e00b6d0683e802f0ca9fe6453697a"
+)
+
+
+def _hash_r6(password: bytes, salt: bytes, udata: bytes) -> bytes:
+    """ISO 32000-2 algorithm 2.B (revision 6 password hash)."""
+    k = hashlib.sha256(password + salt + udata).digest()
+    i = 0
+    while True:
+        k1 = (password + k + udata) * 64
+        e = _aes_cbc(k[:16], k[16:32], k1, encrypt=True)
+        h = sum(e[:16]) % 3
+        k = (hashlib.sha256, hashlib.sha384, hashlib.sha512)[h](e).digest()
+        i += 1
+        if i >= 64 and e[-1] <= i - 32:
+            return k[:32]
+
+
+class _Decryptor:
+    """The standard security handler, for files whose user password is empty.
+
+    Such files (owner password only: "permissions" PDFs) open in any viewer,
+    and their object streams hold the page tree.  Anything else (a real user
+    password, another handler) is not decrypted.
+    """
+
+    def __init__(self, key: bytes, method: str, revision: int) -> None:
+        self.key = key
+        self.method = method  # "RC4", "AESV2", "AESV3" or "None"
+        self.revision = revision
+
+    @classmethod
+    def open(cls, d: dict[str, _Obj], first_id: bytes) -> _Decryptor | None:
+        if d.get("Filter") != "Standard":
+            return None
+        v = _as_int(d.get("V")) or 0
+        r = _as_int(d.get("R")) or 0
+        o, u = d.get("O"), d.get("U")
+        if not isinstance(o, bytes) or not isinstance(u, bytes):
+            return None
+        method = "RC4"
+        if v >= 4:
+            cfs = d.get("CF")
+            cf = cfs.get(str(d.get("StmF", "Identity"))) if isinstance(cfs, dict) else None
+            cfm = cf.get("CFM") if isinstance(cf, dict) else None
+            if d.get("StmF", "Identity") == "Identity" or cfm == "None":
+                method = "None"
+            elif cfm in ("AESV2", "AESV3"):
+                method = str(cfm)
+            elif cfm != "V2":
+                return None
+        if r in (5, 6):
+            if len(u) < 48:
+                return None
+            check = (
+                _hash_r6(b"", u[32:40], b"") if r == 6 else hashlib.sha256(u[32:40]).digest()
+            )
+            if check != u[:32]:
+                return None  # a user password is needed
+            ue = d.get("UE")
+            if not isinstance(ue, bytes) or len(ue) < 32:
+                return None
+            ikey = _hash_r6(b"", u[40:48], b"") if r == 6 else hashlib.sha256(u[40:48]).digest()
+            key = _aes_cbc(ikey, bytes(16), ue[:32])
+            return cls(key, "None" if method == "None" else "AESV3", r)
+        if r not in (2, 3, 4):
+            return None
+        length = (_as_int(d.get("Length")) or 40) // 8 if r >= 3 else 5
+        length = max(5, min(16, length))
+        p = (_as_int(d.get("P")) or 0) & 0xFFFFFFFF
+        h = hashlib.md5(_PASSWORD_PAD + o[:32] + struct.pack("<I", p) + first_id)
+        if r >= 4 and d.get("EncryptMetadata") is False:
+            h.update(b"\xff\xff\xff\xff")
+        key = h.digest()
+        if r >= 3:
+            for _ in range(50):
+                key = hashlib.md5(key[:length]).digest()
+        key = key[:length]
+        # check the empty user password against /U (algorithms 4 and 5)
+        if r == 2:
+            ok = _rc4(key, _PASSWORD_PAD) == u[:32]
+        else:
+            x = _rc4(key, hashlib.md5(_PASSWORD_PAD + first_id).digest())
+            for i in range(1, 20):
+                x = _rc4(bytes(b ^ i for b in key), x)
+            ok = x == u[:16]
+        return cls(key, method, r) if ok else None
+
+    def decrypt(self, num: int, gen: int, data: bytes) -> bytes:
+        if self.method == "None":
+            return data
+        if self.method == "AESV3":
+            key = self.key
+        else:
+            salt = b"sAlT" if self.method == "AESV2" else b""
+            seed = self.key + struct.pack("<I", num)[:3] + struct.pack("<I", gen)[:2] + salt
+            key = hashlib.md5(seed).digest()[: min(len(self.key) + 5, 16)]
+        if self.method == "RC4":
+            return _rc4(key, data)
+        if len(data) < 32 or len(data) % 16:
+            raise _Malformed("bad AES stream")
+        plain = _aes_cbc(key, data[:16], data[16:])
+        pad = plain[-1]
+        return plain[:-pad] if 1 <= pad <= 16 else plain
 
 
 def _png_unpredict(data: bytes, columns: int, colors: int, bpc: int) -> bytes:

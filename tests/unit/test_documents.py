@@ -76,8 +76,12 @@ EXPECTED: dict[str, tuple[str, int | None, bool | None]] = {
     "mixed5-linearized.pdf": (PDF, 5, None),
     "mono3-linearized-objstm.pdf": (PDF, 3, None),
     "mono3-encrypted.pdf": (PDF, 3, None),
-    "mixed5-encrypted-objstm.pdf": (PDF, None, None),
+    "mixed5-encrypted-objstm.pdf": (PDF, 5, None),
+    "mono3-aes128-objstm.pdf": (PDF, 3, None),
+    "mono3-rc4-objstm.pdf": (PDF, 3, None),
+    "mixed5-rc4-40-objstm.pdf": (PDF, 5, None),
     "mixed5-userpw.pdf": (PDF, 5, None),
+    "mixed5-userpw-objstm.pdf": (PDF, None, None),
     "mixed5-pxlmono.pxl": (PCLXL, 5, False),
     "mixed5-pxlcolor.pxl": (PCLXL, 5, True),
     "mono3-pxlmono.pxl": (PCLXL, 3, False),
@@ -307,10 +311,10 @@ def strict_pdf(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(documents._Pdf, "reconstruct", no_reconstruct)
 
 
-# (mixed5-encrypted-objstm.pdf is left out: not countable without decryption,
+# (mixed5-userpw-objstm.pdf is left out: not countable without the password,
 # so reconstruction is rightly its last try)
 @pytest.mark.parametrize(
-    "name", sorted(n for n in EXPECTED if n.endswith(".pdf") and "encrypted-objstm" not in n)
+    "name", sorted(n for n in EXPECTED if n.endswith(".pdf") and "userpw-objstm" not in n)
 )
 def test_well_formed_pdfs_need_no_reconstruction(strict_pdf: None, name: str) -> None:
     assert count_pages(fixture(name)) == DocumentInfo(*EXPECTED[name])
@@ -579,10 +583,54 @@ def test_pdf_rescanning_is_bounded(tmp_path: Path, unit: bytes) -> None:
     assert time.monotonic() - started < 30
 
 
-def test_pdf_encrypted_object_streams_are_not_counted() -> None:
-    # /Count sits in an AES-encrypted object stream: None, not a guess
-    info = count_pages(fixture("mixed5-encrypted-objstm.pdf"))
+def test_pdf_encrypted_object_streams_need_the_user_password() -> None:
+    # /Count sits in an object stream encrypted with a real user password:
+    # None, not a guess (and no counting of whatever is left in plain view)
+    info = count_pages(fixture("mixed5-userpw-objstm.pdf"))
     assert info == DocumentInfo(PDF, None, None)
+
+
+@pytest.mark.parametrize(
+    "name", ["mixed5-encrypted-objstm.pdf", "mono3-rc4-objstm.pdf", "mixed5-rc4-40-objstm.pdf"]
+)
+def test_pdf_encrypted_and_broken(tmp_path: Path, name: str) -> None:
+    # reconstruction finds the encryption dictionary too
+    data = fixture(name).read_bytes()
+    broken = data[: data.rindex(b"startxref")]
+    assert count_pages(write(tmp_path, "b.pdf", broken)) == DocumentInfo(*EXPECTED[name])
+
+
+def test_pdf_encryption_strings_in_literal_form(tmp_path: Path) -> None:
+    # /O and /U as escaped literal strings instead of hex (offsets shift, so
+    # this also goes through reconstruction)
+    data = fixture("mixed5-rc4-40-objstm.pdf").read_bytes()
+
+    def literal(m: re.Match[bytes]) -> bytes:
+        raw = bytes.fromhex(m.group(2).decode())
+        body = b"".join(
+            b"\\%03o" % c if c < 32 or c > 126 or c in b"()\\" else bytes([c]) for c in raw
+        )
+        return m.group(1) + b"(" + body + b")"
+
+    converted = re.sub(rb"(/[OU]\s*)<([0-9a-fA-F]+)>", literal, data)
+    assert converted != data
+    assert count_pages(write(tmp_path, "l.pdf", converted)).pages == 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b"plain", b"plain"),
+        (b"a\\(b\\)c", b"a(b)c"),
+        (b"\\n\\r\\t\\b\\f\\\\", b"\n\r\t\b\f\\"),
+        (b"\\101\\0\\7z\\1234", b"A\x00\x07zS4"),
+        (b"line\\\ncontinued\\\r\nhere", b"linecontinuedhere"),
+        (b"cr\rcrlf\r\nlf\n", b"cr\ncrlf\nlf\n"),
+        (b"unknown \\q escape", b"unknown q escape"),
+    ],
+)
+def test_literal_string_escapes(raw: bytes, value: bytes) -> None:
+    assert documents._unescape(raw) == value
 
 
 # ---------------------------------------------------------------------------
@@ -1091,8 +1139,10 @@ def test_detect_colour_missing_file() -> None:
         # gs supplies what the parser cannot
         ("nodsc3.ps", (POSTSCRIPT, 3, True)),
         ("mixed5-encrypted-objstm.pdf", (PDF, 5, True)),
+        ("mono3-rc4-objstm.pdf", (PDF, 3, False)),
         # gs fails: the parser's answer stands
         ("mixed5-userpw.pdf", (PDF, 5, None)),
+        ("mixed5-userpw-objstm.pdf", (PDF, None, None)),
         # not a gs format: cheap colour from the format itself
         ("mixed5-pxlcolor.pxl", (PCLXL, 5, True)),
         ("mono3-sgray.pwg", (PWG_RASTER, 3, False)),
