@@ -24,8 +24,9 @@ Python API, as the lab uses it::
     port = sim.listen_api("127.0.0.1:8474")   # or serve(...) below
 
 `serve(reactor, api_address, config)` starts it all listening, as
-`outpost sim wan serve` does. `simulators.wan.netns` holds the optional
-network-namespace helper (veth pair, link down, blackhole routes).
+`outpost sim wan serve` does; `WanService` wraps it for a `MultiService`.
+`simulators.wan.netns` holds the optional network-namespace helper (veth
+pair, link down, blackhole routes).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from simulators.wan.schedule import (
     load_schedule,
     parse_schedule,
 )
-from simulators.wan.server import load_config, serve
+from simulators.wan.server import WanService, load_config, serve
 from simulators.wan.simulator import WanSimulator
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleRun",
     "ToxicWindow",
+    "WanService",
     "WanSimulator",
     "load_config",
     "load_schedule",

@@ -379,6 +379,8 @@ class ProxyConnection:
             link.feed(data)
 
     def read_eof(self, side: str) -> None:
+        if self.read_done[side]:
+            return
         self.read_done[side] = True
         link = self.links.get("upstream" if side == "client" else "downstream")
         if link is not None:
@@ -391,6 +393,10 @@ class ProxyConnection:
         transport = self.upstream_transport if side == "upstream" else self.client_transport
         self.write_done[side] = True
         if transport is not None and not self.lost[side]:
+            # Nothing more will be written: drop the back-pressure link first,
+            # or a transport that paused its producer would resume it when its
+            # buffer empties instead of sending the FIN.
+            transport.unregisterProducer()
             transport.loseWriteConnection()
         self._maybe_lose(side)
 
@@ -443,6 +449,7 @@ class ProxyConnection:
         ):
             if transport is None or self.lost[side]:
                 continue
+            transport.unregisterProducer()
             if reset:
                 transport.abortConnection()  # SO_LINGER 0: the peer sees RST
             else:

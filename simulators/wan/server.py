@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from twisted.application.service import Service
 
 from simulators.wan.schedule import Schedule, ScheduleError, parse_schedule
 from simulators.wan.simulator import WanSimulator
@@ -97,3 +98,32 @@ def serve(
     if config.schedule is not None:
         sim.run_schedule(config.schedule, time_scale=time_scale * config.schedule.time_scale)
     return sim, port
+
+
+class WanService(Service):
+    """The simulator as a Twisted service, for a lab's `MultiService`.
+
+    `simulator` exists from construction, so proxies and toxics can be set
+    up before or after the service starts; the API listens while running.
+    """
+
+    def __init__(
+        self, reactor: Any, api_address: str = "127.0.0.1:8474", config: Config | None = None
+    ) -> None:
+        self.reactor = reactor
+        self.api_address = api_address
+        self.config = config
+        self.simulator: WanSimulator | None = None
+        self.api_port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.simulator, self.api_port = serve(self.reactor, self.api_address, self.config)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.simulator is not None:
+            self.simulator.shutdown()
+        if self.api_port is not None:
+            return self.api_port.stopListening()
+        return None

@@ -244,3 +244,21 @@ async def test_disable_closes_and_refuses_enable_accepts(sim: WanSimulator, echo
     again = await connect(proxy.listen)
     again.write(b"x")
     await again.wait_for(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_after_a_large_delayed_response_delivers_all_then_fin(
+    sim: WanSimulator, sink: Server
+) -> None:
+    """Close-delimited bodies: the FIN must follow the last byte, even after back-pressure."""
+    client, upstream = await _pair(sim, sink)
+    sim.add_toxic("link", "latency", "downstream", attributes={"latency": 50})
+    payload = random.Random(9).randbytes(8_000_000)
+    client.transport.pauseProducing()  # a slow reader: the proxy's buffers fill
+    upstream.write(payload)
+    upstream.transport.loseConnection()
+    await sleep(0.5)
+    client.transport.resumeProducing()
+    await client.wait_for(len(payload), timeout=30)
+    await client.eof
+    assert bytes(client.received) == payload
