@@ -426,6 +426,41 @@ class SiteStore:
 
         return await self.database.run(work)
 
+    # ------------------------------------------------------------ device page-counter checks
+
+    async def add_counter_check(self, check: Any) -> None:
+        """Store a `core.devices.CounterCheck` (a repeat of the same attempt is ignored)."""
+
+        def work(db: sqlite_utils.Database) -> None:
+            db.conn.execute(
+                "INSERT OR IGNORE INTO device_counter_checks (job_id, attempt, device, "
+                "counter_before, counter_after, counter_delta, impressions, difference, status, "
+                "detail, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (check.job_id, check.attempt, check.device, check.counter_before,
+                 check.counter_after, check.counter_delta, check.impressions, check.difference,
+                 check.status, check.detail, check.started_at, check.finished_at),
+            )
+
+        await self.database.run(work)
+
+    async def counter_checks(self, device: str | None = None,
+                             status: str | None = None) -> list[dict[str, Any]]:
+        """Page-counter checks, oldest first, optionally of one device and/or one status."""
+
+        def work(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+            where, params = [], []
+            if device is not None:
+                where.append("device = ?")
+                params.append(device)
+            if status is not None:
+                where.append("status = ?")
+                params.append(status)
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            rows = _q(db, f"SELECT * FROM device_counter_checks{clause} ORDER BY id", params)
+            return [dict(r) for r in rows]
+
+        return await self.database.run(work)
+
 
 def configure_sync(
     db: sqlite_utils.Database, devices: Iterable[Device], policies: dict[str, CostPolicy]
