@@ -7,7 +7,7 @@ all mistakes together, so that an installer fixes the file in one go.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,25 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class SnmpV3Config:
+    user: str
+    auth_key: str
+    priv_key: str
+    auth_protocol: str = "SHA"
+    priv_protocol: str = "AES"
+
+
+@dataclass(frozen=True)
+class DeviceSnmpConfig:
+    """How the site reads a device over SNMP: v2c `community`, or `v3` (USM authPriv)."""
+
+    host: str
+    port: int = 161
+    community: str | None = None
+    v3: SnmpV3Config | None = None
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     name: str
     uri: str
@@ -77,6 +96,16 @@ class DeviceConfig:
     colour: bool = True
     duplex: bool = True
     cost_policy: str = "default"
+    snmp: DeviceSnmpConfig | None = None
+
+
+@dataclass(frozen=True)
+class SnmpConfig:
+    """The SNMP poller: every `interval` seconds, `timeout` seconds per try, `retries` more tries."""
+
+    interval: float = 10.0
+    timeout: float = 2.0
+    retries: int = 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +149,7 @@ class SiteConfig:
     cost_policies: dict[str, CostPolicy]
     devices: list[DeviceConfig] = field(default_factory=list)
     log_level: str = "INFO"
+    snmp: SnmpConfig = field(default_factory=SnmpConfig)
 
     @property
     def database_path(self) -> Path:
@@ -182,10 +212,73 @@ def _section(r: _Reader, root: dict[str, Any], key: str, cls: type) -> Any:
     return cls(**values)
 
 
+SNMP_AUTH_PROTOCOLS = ("SHA", "SHA-256", "SHA-512", "MD5")
+SNMP_PRIV_PROTOCOLS = ("AES", "AES128", "DES")
+
+
+def _snmp(r: _Reader, root: dict[str, Any]) -> SnmpConfig:
+    table = r.table(root, "", "snmp")
+    r.unknown(table, "snmp", {"interval", "timeout", "retries"})
+    interval = r.get(table, "snmp", "interval", float, 10.0)
+    timeout = r.get(table, "snmp", "timeout", float, 2.0)
+    retries = r.get(table, "snmp", "retries", int, 1)
+    r.positive(interval, "snmp.interval")
+    r.positive(timeout, "snmp.timeout")
+    if isinstance(retries, int) and not 0 <= retries <= 10:
+        r.errors.append("snmp.retries: must be 0..10")
+    return SnmpConfig(interval=interval, timeout=timeout, retries=retries)
+
+
+def _device_snmp(r: _Reader, body: dict[str, Any], path: str, uri: str) -> DeviceSnmpConfig | None:
+    if "snmp" not in body:
+        return None
+    path = f"{path}.snmp"
+    table = r.table(body, path.rsplit(".", 1)[0], "snmp")
+    r.unknown(table, path, {"host", "port", "community", "v3"})
+    from urllib.parse import urlsplit
+
+    try:
+        default_host = urlsplit(uri).hostname or ""
+    except ValueError:
+        default_host = ""
+    host = r.get(table, path, "host", str, default_host)
+    if not host:
+        r.errors.append(f"{path}.host: required (the device URI names no host)")
+    port = r.get(table, path, "port", int, 161)
+    if isinstance(port, int) and not 1 <= port <= 65535:
+        r.errors.append(f"{path}.port: must be 1..65535")
+    community = r.get(table, path, "community", str, None)
+    v3: SnmpV3Config | None = None
+    if "v3" in table:
+        v3_table = r.table(table, path, "v3")
+        v3_path = f"{path}.v3"
+        r.unknown(v3_table, v3_path, {"user", "auth_protocol", "auth_key", "priv_protocol",
+                                      "priv_key"})
+        keys = {}
+        for key in ("auth_key", "priv_key"):
+            keys[key] = r.get(v3_table, v3_path, key, str, "", required=True)
+            if keys[key] and len(keys[key]) < 8:
+                r.errors.append(f"{v3_path}.{key}: must be at least 8 characters (RFC 3414)")
+        auth = r.get(v3_table, v3_path, "auth_protocol", str, "SHA")
+        priv = r.get(v3_table, v3_path, "priv_protocol", str, "AES")
+        if auth.upper() not in SNMP_AUTH_PROTOCOLS:
+            r.errors.append(f"{v3_path}.auth_protocol: one of {', '.join(SNMP_AUTH_PROTOCOLS)}")
+        if priv.upper() not in SNMP_PRIV_PROTOCOLS:
+            r.errors.append(f"{v3_path}.priv_protocol: one of {', '.join(SNMP_PRIV_PROTOCOLS)}")
+        v3 = SnmpV3Config(user=r.get(v3_table, v3_path, "user", str, "", required=True),
+                          auth_key=keys["auth_key"], priv_key=keys["priv_key"],
+                          auth_protocol=auth.upper(), priv_protocol=priv.upper())
+    if community is not None and v3 is not None:
+        r.errors.append(f"{path}: give either community (v2c) or v3, not both")
+    if community is None and v3 is None:
+        community = "public"
+    return DeviceSnmpConfig(host=host, port=port, community=community, v3=v3)
+
+
 def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
-                         "release", "auth", "cost_policy", "devices", "log_level"})
+                         "release", "auth", "cost_policy", "devices", "log_level", "snmp"})
     role = r.get(root, "", "role", str, "site")
     if role not in ("site",):
         r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site')")
@@ -214,7 +307,8 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         if not isinstance(body, dict):
             r.errors.append(f"{path}: expected a table")
             continue
-        r.unknown(body, path, {"name", "uri", "protocol", "colour", "duplex", "cost_policy"})
+        r.unknown(body, path, {"name", "uri", "protocol", "colour", "duplex", "cost_policy",
+                               "snmp"})
         device = DeviceConfig(
             name=r.get(body, path, "name", str, "", required=True),
             uri=r.get(body, path, "uri", str, "", required=True),
@@ -223,6 +317,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
             duplex=r.get(body, path, "duplex", bool, True),
             cost_policy=r.get(body, path, "cost_policy", str, "default"),
         )
+        device = replace(device, snmp=_device_snmp(r, body, path, device.uri))
         if device.name in seen:
             r.errors.append(f"{path}.name: {device.name!r} is used twice")
         if device.name == "findme":
@@ -244,6 +339,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         auth=_section(r, root, "auth", AuthConfig),
         cost_policies=policies, devices=devices,
         log_level=r.get(root, "", "log_level", str, "INFO"),
+        snmp=_snmp(r, root),
     )
     if r.errors:
         raise ConfigError(r.errors)

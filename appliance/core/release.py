@@ -57,6 +57,16 @@ class DeviceDriver(Protocol):
         """Where the device is with the job. Raises DeviceUnavailable."""
 
 
+class PrintWatch(Protocol):
+    """Told when a job goes to a device and when the device is done with it (page-counter audit)."""
+
+    async def started(self, device: str, job: Job) -> None:
+        """Just before the job is sent."""
+
+    async def finished(self, device: str, job: Job, impressions: int, printed: bool) -> None:
+        """The device is done; `impressions` is what the site recorded (and charged) for it."""
+
+
 @dataclass
 class JobResult:
     job_id: int
@@ -102,8 +112,13 @@ class ReleaseService:
         poll_interval: float = 0.25,
         follow_timeout: float = 120.0,
         clock: Callable[[], float] = time.time,
+        device_ready: Callable[[str], str | None] | None = None,
+        print_watch: PrintWatch | None = None,
     ) -> None:
         self.jobs = jobs
+        #: Why a device must not take a job now (jammed, offline...), or None: see core/devices.py.
+        self.device_ready = device_ready
+        self.print_watch = print_watch
         self.store = store
         self.drivers = drivers
         self.devices = devices
@@ -139,6 +154,9 @@ class ReleaseService:
         device = self.devices().get(device_name)
         if device is None or not device.enabled:
             return JobResult(job.id, False, "device_unavailable", f"no device {device_name}")
+        refusal = self.device_ready(device.name) if self.device_ready is not None else None
+        if refusal:
+            return JobResult(job.id, False, "device_unavailable", refusal)
         job = await self.jobs.analysed(job)
         policy = self.policies(device.name)
         quote = self.jobs.quote(job, device.name)
@@ -157,9 +175,12 @@ class ReleaseService:
         job = taken
         assert job.spool_name is not None
         driver = self.drivers[device.protocol]
+        if self.print_watch is not None:
+            await self._watch_start(device, job)
         try:
             handle = await driver.submit(device, job, self.jobs.spool.path(job.spool_name))
         except DeviceUnavailable as exc:
+            self._watch_end(device, job, None)
             await self._back_to_queue(job, f"{device.name}: {exc}")
             return JobResult(job.id, False, "device_unavailable", str(exc))
         await self.store.update_job(job.id, remote_job_uri=handle)
@@ -178,7 +199,38 @@ class ReleaseService:
 
         following.addErrback(broken)
         following.addBoth(forget)
+        if self.print_watch is not None:
+            following.addCallback(self._watched, device, job)
         return await self._wait(job, following)
+
+    # ------------------------------------------------------------ print watch (page counters)
+
+    async def _watch_start(self, device: Device, job: Job) -> None:
+        assert self.print_watch is not None
+        try:
+            await self.print_watch.started(device.name, job)
+        except Exception:
+            log.exception("print watch failed before job %d", job.id)
+
+    def _watched(self, result: JobResult, device: Device, job: Job) -> JobResult:
+        self._watch_end(device, job, result)
+        return result
+
+    def _watch_end(self, device: Device, job: Job, result: JobResult | None) -> None:
+        """Tell the watch, in the background: the answer to the panel does not wait for it."""
+        watch = self.print_watch
+        if watch is None:
+            return
+        printed = result is not None and (result.ok or result.code == "device_error")
+
+        async def tell() -> None:
+            row = await self.store.job(job.id) if printed else None
+            impressions = row.impressions_completed if row is not None else 0
+            await watch.finished(device.name, job, impressions, printed)
+
+        told = defer.ensureDeferred(tell())
+        told.addErrback(lambda f: log.error("print watch failed after job %d: %s", job.id,
+                                            f.getTraceback()))
 
     async def _wait(self, job: Job, following: defer.Deferred[JobResult]) -> JobResult:
         """Wait for the device to finish, but answer the panel by `follow_timeout`."""
