@@ -18,6 +18,7 @@ from appliance.core.accounting import AccountingService
 from appliance.core.auth import AuthService
 from appliance.core.charging import CostPolicy
 from appliance.core.credentials import CardKey, SessionTable, Throttle, password_hasher
+from appliance.core.devices import DeviceMonitor, PageCounterAudit
 from appliance.core.jobs import FINDME, PrintService
 from appliance.core.model import Device, Queue
 from appliance.core.release import ReleaseService
@@ -54,6 +55,8 @@ class Site:
     device_api: DeviceApi
     ports: dict[str, Any] = field(default_factory=dict)
     _expiry: task.LoopingCall | None = None
+    monitor: DeviceMonitor | None = None
+    snmp_poller: Any = None   # protocols.snmp.poller.SnmpPoller, when a device has SNMP
 
     def listen(self) -> dict[str, int]:
         """Open the IPP and device-API ports; returns the bound port numbers."""
@@ -74,6 +77,8 @@ class Site:
         self._expiry = task.LoopingCall(self._expire)
         self._expiry.clock = self.reactor
         self._expiry.start(self.config.jobs.expire_interval, now=True)
+        if self.snmp_poller is not None:
+            self.snmp_poller.start()
         return self.listen()
 
     def _expire(self) -> defer.Deferred[None]:
@@ -84,6 +89,8 @@ class Site:
     async def stop(self) -> None:
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
+        if self.snmp_poller is not None:
+            await self.snmp_poller.stop()
         for port in self.ports.values():
             await port.stopListening()
         await self.ipp_client.close()
@@ -115,10 +122,12 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                         reactor=reactor, hold_ttl=config.jobs.hold_hours * 3600,
                         use_ghostscript=config.jobs.use_ghostscript)
     ipp_client = IppClient(reactor)
+    monitor, snmp_poller, audit = _device_monitoring(config, reactor, store)
     release = ReleaseService(jobs=jobs, store=store, drivers={"ipp": IppDriver(ipp_client)},
                              devices=lambda: by_name, policies=policy_for, reactor=reactor,
                              poll_interval=config.release.poll_interval,
-                             follow_timeout=config.release.follow_timeout)
+                             follow_timeout=config.release.follow_timeout,
+                             device_ready=monitor.refusal, print_watch=audit)
     jobs.on_ready = release.print_direct
     hasher = password_hasher(config.auth.argon2_time_cost, config.auth.argon2_memory_kib)
     auth = AuthService(
@@ -133,4 +142,37 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                            devices=lambda: by_name.keys())
     return Site(config=config, reactor=reactor, database=database, store=store, spool=spool,
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
-                ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api)
+                ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api,
+                monitor=monitor, snmp_poller=snmp_poller)
+
+
+def _device_monitoring(config: SiteConfig, reactor: Any,
+                       store: SiteStore) -> tuple[DeviceMonitor, Any, PageCounterAudit | None]:
+    """The device monitor, and the SNMP poller and page-counter audit when a device has SNMP."""
+    snmp = config.snmp
+    # A view older than three polls (each with its tries) no longer counts.
+    monitor = DeviceMonitor(stale_after=3 * (snmp.interval + snmp.timeout * (snmp.retries + 1)))
+    watched = [d for d in config.devices if d.snmp is not None]
+    if not watched:
+        return monitor, None, None
+    from appliance.protocols.snmp.poller import SnmpPoller, SnmpTarget, V3Credentials
+
+    targets = []
+    for device in watched:
+        assert device.snmp is not None
+        v3 = device.snmp.v3
+        targets.append(SnmpTarget(
+            device.name, device.snmp.host, device.snmp.port, device.snmp.community,
+            V3Credentials(v3.user, v3.auth_key, v3.priv_key, v3.auth_protocol, v3.priv_protocol)
+            if v3 is not None else None))
+    def on_reading(name: str, reading: Any, at: float) -> None:
+        monitor.update(name, reading.view(at))
+
+    poller = SnmpPoller(targets, reactor=reactor, interval=snmp.interval, timeout=snmp.timeout,
+                        retries=snmp.retries, on_reading=on_reading)
+
+    async def read_counter(name: str) -> int | None:
+        count: int | None = await poller.page_count(name, timeout=min(snmp.timeout, 1.0))
+        return count
+
+    return monitor, poller, PageCounterAudit(read_counter=read_counter, store=store)
