@@ -170,6 +170,8 @@ def _device_monitoring(config: SiteConfig, reactor: Any,
 
     poller = SnmpPoller(targets, reactor=reactor, interval=snmp.interval, timeout=snmp.timeout,
                         retries=snmp.retries, on_reading=on_reading)
+    # A silent device is polled less and less often: its last view must outlive the gap.
+    monitor.stale_after = max(monitor.stale_after, poller.max_backoff + 2 * poller.guard)
 
     async def read_counter(name: str) -> int | None:
         count: int | None = await poller.page_count(name, timeout=min(snmp.timeout, 1.0))
