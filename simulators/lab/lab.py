@@ -115,8 +115,22 @@ def site_config_text(*, name: str, state_dir: Path, secrets_dir: Path, ipp_port:
         "colour = 40",
         "",
     ]
-    for mfd in mfds:
+    if any("snmp" in mfd for mfd in mfds):
+        lines += ["# The SNMP poller: short interval, so that a jam shows within a second or two.",
+                  "[snmp]", "interval = 1.0", "timeout = 0.5", "retries = 1", ""]
+    for i, mfd in enumerate(mfds):
         lines += ["[[devices]]", f'name = "{mfd["name"]}"', f'uri = "{mfd["ipp"]}"', ""]
+        snmp = mfd.get("snmp")
+        if snmp:
+            # The first MFD is read over SNMPv3 (authPriv), the others over v2c: both get used.
+            lines += ["[devices.snmp]", f'host = "{snmp["host"]}"', f'port = {snmp["port"]}']
+            if i == 0:
+                v3 = snmp["v3"]
+                lines += ["[devices.snmp.v3]"] + [f'{key} = "{v3[key]}"' for key in (
+                    "user", "auth_protocol", "auth_key", "priv_protocol", "priv_key")]
+            else:
+                lines += [f'community = "{snmp["community"]}"']
+            lines += [""]
     return "\n".join(lines)
 
 
@@ -219,10 +233,13 @@ class Lab:
             output.mkdir(parents=True, exist_ok=True)
             state.mkdir(parents=True, exist_ok=True)
             mfd = SimulatedMfd(name, output, state, reactor=self.reactor)
-            mfd.listen("127.0.0.1")
+            mfd.listen("127.0.0.1", snmp_port=0)
             self.mfds.append(mfd)
+            agent = mfd.snmp_agent
             entries.append({"name": name, "ipp": mfd.ipp_uri, "output": str(output),
-                            "control": mfd.control_uri})
+                            "control": mfd.control_uri,
+                            "snmp": {"host": "127.0.0.1", "port": mfd.snmp_port,
+                                     "community": agent.community, "v3": dict(agent.v3)}})
         return entries
 
     def prepare_site(self, mfds: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
