@@ -917,25 +917,32 @@ def test_body_is_read_in_chunks(inline_site: IppSite) -> None:
     assert job["size"] == len(document)
 
 
+@pytest.mark.parametrize("while_reading", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_goes_away_gets_no_answer_and_breaks_nothing(
-    site: IppSite, caplog: pytest.LogCaptureFixture,
+    while_reading: bool, site: IppSite, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The job is still made durable (like cupsd, we cannot un-receive it); only the
-    answer is dropped, without an error."""
+    """Gone after sending the whole body: the job is still made durable (we cannot
+    un-receive it, and neither does cupsd); only the answer is dropped. Gone while we
+    still read the body (twisted.web closes request.content then): no job, no file.
+    Neither is an error."""
     req = DummyRequest([b"findme"])
     req.method = b"POST"
     req.isSecure = lambda: False  # type: ignore[attr-defined]
-    req.content = io.BytesIO(codec.encode(  # type: ignore[attr-defined]
-        request(Operation.PRINT_JOB, site, "findme")) + PDF)
+    content = io.BytesIO(codec.encode(request(Operation.PRINT_JOB, site, "findme")) + PDF)
+    req.content = content  # type: ignore[attr-defined]
     assert printers_resource(site).render(req) is server.NOT_DONE_YET
+    if while_reading:
+        content.close()
     req.processingFailed(Failure(ConnectionLost("client went away")))
-    for _ in range(200):
+    for _ in range(100):
         if await site.service.held_for("alice"):
             break
         await task.deferLater(reactor, 0.01, lambda: None)
     await task.deferLater(reactor, 0.05, lambda: None)
-    assert len(await site.service.held_for("alice")) == 1
+    held = await site.service.held_for("alice")
+    assert len(held) == (0 if while_reading else 1)
+    assert site.spool_files() == [j.spool_name for j in held]
     assert req.written == [] and req.finished == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

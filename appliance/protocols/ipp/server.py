@@ -95,6 +95,11 @@ class IppError(Exception):
         self.unsupported = unsupported or []
 
 
+class ClientGone(Exception):
+    """The connection closed while we were still reading the request's document
+    (twisted.web closes `request.content` then): nothing to answer, nothing to keep."""
+
+
 def _bad_request(message: str) -> IppError:
     return IppError(Status.CLIENT_ERROR_BAD_REQUEST, message)
 
@@ -156,7 +161,10 @@ class _Body:
             if self.pending:
                 chunk = self.pending.pop(0)
             elif self.content is not None:
-                chunk = self.content.read(CHUNK_SIZE)
+                try:
+                    chunk = self.content.read(CHUNK_SIZE)
+                except ValueError:  # read from a closed file
+                    raise ClientGone("the client closed the connection") from None
                 if not chunk:
                     return
             else:
@@ -331,6 +339,9 @@ class IppPrinterResource(resource.Resource):
         except SpoolFull as exc:
             reply = self._error(message, Status.CLIENT_ERROR_REQUEST_ENTITY_TOO_LARGE,
                                 f"{_SPOOL_FULL_MESSAGE.get(exc.scope, 'Too large')} ({exc})")
+        except ClientGone as exc:
+            log.info("IPP operation 0x%04x abandoned: %s", message.code, exc)
+            reply = self._error(message, Status.CLIENT_ERROR_BAD_REQUEST, str(exc))
         except Exception:
             log.exception("internal error answering IPP operation 0x%04x (request-id %d)",
                           message.code, message.request_id)
