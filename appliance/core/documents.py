@@ -8,16 +8,25 @@ must never fall over on dishonest or broken ones.
 * :func:`count_pages` counts pages in pure Python, never running a subprocess
   and streaming from disk wherever the format allows: PDF (classic xref tables,
   cross-reference streams, object streams, incremental updates, linearized
-  files, hybrid files, broken files), PostScript with DSC comments, PWG/CUPS
-  raster, Apple URF, PCL XL, and (single page) JPEG and PNG.  Colour is only
-  reported where the format states it cheaply (raster colour spaces, PCL XL
-  ``SetColorSpace``, JPEG/PNG channel count); otherwise it is ``None``.
+  files, hybrid files, broken files, and encrypted files: readable as they are
+  when the page tree is in plain objects, decrypted when the user password is
+  empty), PostScript with DSC comments (and EPS), PWG/CUPS raster, Apple URF,
+  PCL XL, and (single page) JPEG and PNG.  Colour is only reported where the
+  format states it cheaply (raster colour spaces, PCL XL colour spaces and
+  colours, JPEG/PNG channels); otherwise it is ``None``.
 * :func:`detect_colour` asks ghostscript's ``inkcov`` device for PDF and
   PostScript.  It blocks: callers run it in a thread.
 * :func:`analyse` combines the two.
 
 Parsing errors never raise; they give ``pages=None``.  Only failing to open
-the file raises (:class:`OSError`).
+the file raises (:class:`OSError`).  Work is bounded by the file size, so a
+hostile document costs time in proportion to its length, not more.
+
+Limits: page counts are of the document as sent, not of sheets or copies
+(PostScript ``#copies``/``NumCopies``, PCL XL ``PageCopies`` and IPP
+``copies`` are the caller's business).  PostScript is a programming language:
+both the DSC comments and what ghostscript sees are under the submitter's
+control, so for PostScript page counts and colour are best effort.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple, TypeAlias
+from typing import BinaryIO, Literal, NamedTuple, TypeAlias
 
 __all__ = [
     "CUPS_RASTER",
@@ -1565,10 +1574,29 @@ _PXL_BEGIN_RASTER = (0xB0, 0xB3)  # BeginImage, BeginRastPattern
 _PXL_ATTR_COLOR_SPACE = 3
 _PXL_ATTR_PALETTE_DATA = 6
 _PXL_ATTR_RGB_COLOR = 11
+_PXL_BEGIN_IMAGE, _PXL_READ_IMAGE, _PXL_END_IMAGE = 0xB0, 0xB1, 0xB2
+_PXL_ATTR_COLOR_DEPTH = 0x62  # e1Bit, e4Bit, e8Bit
+_PXL_ATTR_COLOR_MAPPING = 0x64  # eDirectPixel, eIndexedPixel
+_PXL_ATTR_SOURCE_WIDTH = 0x6C
+_PXL_ATTR_COMPRESS_MODE = 0x65  # eNoCompression, eRLECompression, eJPEG..., eDeltaRow...
+_PXL_MAX_IMAGE_CHECK = 16 << 20  # image blocks larger than this are assumed colour
 _PXL_RGB_SPACES = {2, 6}  # eRGB, eSRGB (eGray = 1)
 _PXL_NEUTRAL_TOLERANCE = 8 / 255  # drivers' RGB greys are rarely exactly neutral
 
-_PxlValue: TypeAlias = "int | float | tuple[float, ...] | None"
+class _PxlArray(NamedTuple):
+    etype: int
+    length: int
+    raw: bytes
+    prefix: str
+
+    def values(self) -> tuple[float, ...]:
+        """The elements, normalised to 0..1 (how colours and palettes are used)."""
+        items = struct.unpack(f"{self.prefix}{self.length}{_PXL_ELEMENT_FORMAT[self.etype]}", self.raw)
+        full = _PXL_ELEMENT_FULL_SCALE[self.etype]
+        return tuple(float(x) / full for x in items)
+
+
+_PxlValue: TypeAlias = "int | _PxlArray | None"
 
 
 def _pxl_neutral(values: tuple[float, ...]) -> bool:
@@ -1580,14 +1608,57 @@ def _pxl_neutral(values: tuple[float, ...]) -> bool:
     return True
 
 
+def _packbits(data: bytes) -> bytes:
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        c = data[i]
+        if c < 128:
+            out += data[i + 1 : i + 2 + c]
+            i += 2 + c
+        elif c > 128:
+            out += data[i + 1 : i + 2] * (257 - c)
+            i += 2
+        else:
+            i += 1
+    return bytes(out)
+
+
+def _pxl_image_is_colour(block: bytes, compression: int, width: int) -> bool:
+    """Whether a block of 8-bit direct RGB image rows has a non-grey pixel.
+
+    Uncompressed and RLE (PackBits) blocks are checked; JPEG and delta-row
+    ones are assumed to be colour.  Rows are padded to 4 bytes.
+    """
+    if compression == 0:
+        raw = block
+    elif compression == 1:
+        raw = _packbits(block)
+    else:
+        return True
+    used = width * 3
+    stride = (used + 3) & ~3
+    tolerance = round(_PXL_NEUTRAL_TOLERANCE * 255)
+    for start in range(0, len(raw), stride):
+        row = raw[start : start + used]
+        r, g, b = row[0::3], row[1::3], row[2::3]
+        if r == g == b:
+            continue  # the usual case for grey content: no per-pixel loop
+        for x, y, z in zip(r, g, b, strict=False):
+            if max(x, y, z) - min(x, y, z) > tolerance:
+                return True
+    return False
+
+
 def _count_pclxl(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
     """Count BeginPage operators by tokenising the PCL XL stream properly.
 
     Colour: a page is colour when, in an RGB colour space, it selects a
-    non-grey RGBColor, or a palette with non-grey entries, or draws an
-    image/raster pattern with direct RGB pixels (assumed colour; decoding the
-    pixels would be too costly).  Greys sent as RGB (as ghostscript's
-    pxlcolor does for CMYK black) do not count as colour.
+    non-grey RGBColor, or a palette with non-grey entries, or draws an RGB
+    image with a non-grey pixel (uncompressed and RLE images are checked;
+    JPEG and delta-row ones, other bit depths and raster patterns are assumed
+    colour).  Greys sent as RGB (as ghostscript's pxlcolor does for CMYK
+    black, and for grey images) do not count as colour.
     """
     m = _PCLXL_HEADER_RE.search(head)
     if m is None:
@@ -1599,110 +1670,177 @@ def _count_pclxl(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool 
     # and most Windows drivers write).
     big = head[m.start()] == 0x28
     prefix = ">" if big else "<"
-    f.seek(nl + 1)
-    r = _Reader(f)
+    order: Literal["big", "little"] = "big" if big else "little"
+    # The tokeniser is the hot loop for PCL XL, so it works on a local buffer:
+    # buf holds the file from offset base on, pos is the next byte.
+    base = nl + 1
+    buf = b""
+    pos = 0
+
+    def ensure(need: int) -> bool:
+        """Make buf hold *need* bytes from pos on, if the file has them."""
+        nonlocal buf, base, pos
+        if len(buf) - pos >= need:
+            return True
+        f.seek(base + len(buf))
+        more = f.read(max(_CHUNK, need))
+        buf = buf[pos:] + more
+        base += pos
+        pos = 0
+        return len(buf) >= need
+
+    def skip(k: int) -> bool:
+        """Move pos k bytes on, past the buffer if need be."""
+        nonlocal buf, base, pos
+        if pos + k <= len(buf):
+            pos += k
+            return True
+        target = base + pos + k
+        if target > size:
+            return False
+        base, buf, pos = target, b"", 0
+        return True
+
     pages = 0
     colour = False
     rgb_space = False
     palette: tuple[float, ...] | None = None
     value: _PxlValue = None
     attrs: dict[int, _PxlValue] = {}
+    image_width = 0  # of the RGB image being drawn, when its pixels are checked
+    image_block: int | None = None  # compression of the image data expected next
+    whitespace = _PXL_WHITESPACE
+    sizes = _PXL_ELEMENT_SIZE
     while True:
-        t = r.byte()
-        if t < 0:
-            break  # end of data (a truncated job prints what it got)
-        if t in _PXL_WHITESPACE:
+        if len(buf) - pos < 16:
+            ensure(16)
+            if pos >= len(buf):
+                break  # end of data (a truncated job prints what it got)
+        t = buf[pos]
+        if t in whitespace:
+            pos += 1
             continue
         if 0xC0 <= t <= 0xE5:
             kind, etype = t & 0xF8, t & 0x07
             if etype > 5 or kind not in (0xC0, 0xC8, 0xD0, 0xE0):
                 raise _Malformed(f"bad PCL XL data type 0x{t:02x}")
-            esize = _PXL_ELEMENT_SIZE[etype]
-            if kind == 0xC8:
-                ltag = r.byte()
-                if ltag not in (0xC0, 0xC1, 0xC2):
-                    if ltag < 0:
-                        break
-                    raise _Malformed("bad PCL XL array length")
-                lsize = _PXL_ELEMENT_SIZE[ltag & 0x07]
-                raw = r.read(lsize)
-                if len(raw) < lsize:
+            esize = sizes[etype]
+            if kind == 0xC0 and etype < 3:  # the common case: an unsigned scalar
+                if pos + 1 + esize > len(buf):
                     break
-                count = int.from_bytes(raw, "big" if big else "little")
-            else:
-                count = {0xC0: 1, 0xD0: 2, 0xE0: 4}[kind]
+                value = int.from_bytes(buf[pos + 1 : pos + 1 + esize], order)
+                pos += 1 + esize
+                continue
+            if kind != 0xC8:  # signed/real scalars, xy pairs, boxes: never needed
+                k = 1 + {0xC0: 1, 0xD0: 2, 0xE0: 4}[kind] * esize
+                if pos + k > len(buf):
+                    break
+                value = None
+                pos += k
+                continue
+            ltag = buf[pos + 1] if pos + 1 < len(buf) else -1
+            if ltag not in (0xC0, 0xC1, 0xC2):
+                if ltag < 0:
+                    break
+                raise _Malformed("bad PCL XL array length")
+            lsize = sizes[ltag & 0x07]
+            if pos + 2 + lsize > len(buf):
+                break
+            count = int.from_bytes(buf[pos + 2 : pos + 2 + lsize], order)
+            hdr = 2 + lsize
             nbytes = count * esize
             if nbytes > 4096:  # big arrays (e.g. image data) are never needed
                 value = None
-                if not r.skip(nbytes):
+                if not skip(hdr + nbytes):
                     break
                 continue
-            raw = r.read(nbytes)
-            if len(raw) < nbytes:
+            if not ensure(hdr + nbytes):
                 break
-            items = struct.unpack(f"{prefix}{count}{_PXL_ELEMENT_FORMAT[etype]}", raw)
-            if kind == 0xC0:
-                value = items[0]
-            else:  # arrays are kept normalised to 0..1 (colours, palettes)
-                full = _PXL_ELEMENT_FULL_SCALE[etype]
-                value = tuple(float(x) / full for x in items)
+            # kept raw: most arrays are text, decoded only if used as a colour
+            value = _PxlArray(etype, count, buf[pos + hdr : pos + hdr + nbytes], prefix)
+            pos += hdr + nbytes
             continue
-        if t in (0xF8, 0xF9):
-            if t == 0xF8:
-                aid = r.byte()
-                if aid < 0:
-                    break
-            else:
-                raw = r.read(2)
-                if len(raw) < 2:
-                    break
-                aid = struct.unpack(prefix + "H", raw)[0]
-            attrs[aid] = value
+        if t == 0xF8:
+            if pos + 2 > len(buf):
+                break
+            attrs[buf[pos + 1]] = value
             value = None
+            pos += 2
+            continue
+        if t == 0xF9:
+            if pos + 3 > len(buf):
+                break
+            attrs[int.from_bytes(buf[pos + 1 : pos + 3], order)] = value
+            value = None
+            pos += 3
             continue
         if t == 0xFA:
-            raw = r.read(4)
-            if len(raw) < 4 or not r.skip(struct.unpack(prefix + "I", raw)[0]):
+            if pos + 5 > len(buf):
+                break
+            k = int.from_bytes(buf[pos + 1 : pos + 5], order)
+            if image_block is not None and not colour:
+                if k > _PXL_MAX_IMAGE_CHECK or not ensure(5 + k):
+                    colour = True
+                else:
+                    colour = _pxl_image_is_colour(buf[pos + 5 : pos + 5 + k], image_block, image_width)
+            image_block = None
+            if not skip(5 + k):
                 break
             continue
         if t == 0xFB:
-            n = r.byte()
-            if n < 0 or not r.skip(n):
+            if pos + 2 > len(buf) or not skip(2 + buf[pos + 1]):
                 break
             continue
         if 0x41 <= t <= 0xBF:
+            pos += 1
             if t == _PXL_BEGIN_PAGE:
                 pages += 1
             elif t == _PXL_SET_COLOR_SPACE:
                 rgb_space = attrs.get(_PXL_ATTR_COLOR_SPACE) in _PXL_RGB_SPACES
                 pal = attrs.get(_PXL_ATTR_PALETTE_DATA)
-                palette = pal if isinstance(pal, tuple) else None
+                palette = pal.values() if isinstance(pal, _PxlArray) else None
                 if rgb_space and palette is not None and not _pxl_neutral(palette):
                     colour = True
             elif rgb_space and t in _PXL_SET_SOURCES:
                 rgb = attrs.get(_PXL_ATTR_RGB_COLOR)
-                if isinstance(rgb, tuple) and not _pxl_neutral(rgb):
+                if isinstance(rgb, _PxlArray) and not _pxl_neutral(rgb.values()):
                     colour = True
+            elif rgb_space and t == _PXL_BEGIN_IMAGE and palette is None:
+                width = attrs.get(_PXL_ATTR_SOURCE_WIDTH)
+                direct = attrs.get(_PXL_ATTR_COLOR_MAPPING) in (None, 0)
+                if direct and attrs.get(_PXL_ATTR_COLOR_DEPTH) == 2 and isinstance(width, int):
+                    image_width = width
+                else:
+                    colour = True
+            elif t == _PXL_READ_IMAGE and image_width and not colour:
+                mode = attrs.get(_PXL_ATTR_COMPRESS_MODE)
+                image_block = mode if isinstance(mode, int) else 0
+            elif t == _PXL_END_IMAGE:
+                image_width = 0
             elif rgb_space and t in _PXL_BEGIN_RASTER and palette is None:
-                colour = True
-            attrs.clear()
+                colour = True  # raster patterns: not checked
+            if t != _PXL_READ_IMAGE:
+                image_block = None
+            if attrs:
+                attrs.clear()
             value = None
             continue
         if t == 0x1B:  # UEL: the end of this PCL XL stream; another may follow
-            ahead = r.read(_HEAD_BYTES)
-            rest = b"\x1b" + ahead
+            ensure(_HEAD_BYTES)
+            rest = buf[pos : pos + _HEAD_BYTES]
             if not rest.startswith(_UEL):
                 if _UEL.startswith(rest):
                     break  # cut short inside the UEL
                 raise _Malformed("ESC inside PCL XL")
             body, _language = _strip_pjl(rest)
             nxt = _PCLXL_HEADER_RE.match(rest, body)
-            nl = ahead.find(b"\n", body) if nxt else -1
-            if nxt is None or nl < 0:
+            eol = rest.find(b"\n", body) if nxt else -1
+            if nxt is None or eol < 0:
                 break  # PJL end of job, or another language: done
-            big = ahead[body - 1] == 0x28
+            big = rest[body] == 0x28
             prefix = ">" if big else "<"
-            r.buf, r.pos = ahead[nl + 1 :] + r.buf[r.pos :], 0
+            order = "big" if big else "little"
+            pos += eol + 1
             attrs.clear()
             value = None
             continue

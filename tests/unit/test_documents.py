@@ -987,6 +987,47 @@ def test_pclxl_bad_tag_and_truncation(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "cut.pxl", cut)) == DocumentInfo(PCLXL, 3, False)
 
 
+def pxl_rgb_image(big_endian: bool, compression: int, block: bytes, depth: int = 2) -> bytes:
+    """An eRGB page fragment drawing a 4x2 direct-pixel image."""
+    p = Pxl(big_endian)
+    p.out = bytearray()
+    p.ubyte(E_RGB).attr(A_COLOR_SPACE).op(SET_COLOR_SPACE)
+    p.ubyte(depth).attr(0x62).ubyte(0).attr(0x64).uint16(4).attr(0x6C).uint16(2).attr(0x6B)
+    p.op(BEGIN_IMAGE)
+    p.uint16(0).attr(0x6D).uint16(2).attr(0x63).ubyte(compression).attr(0x65).op(READ_IMAGE)
+    p.data(block).op(END_IMAGE)
+    return bytes(p.out)
+
+
+GREY_ROW = bytes([0x40, 0x40, 0x40, 0x80, 0x80, 0x80, 0x81, 0x80, 0x82, 0xFF, 0xFF, 0xFF])
+RED_ROW = bytes([0x40, 0x40, 0x40, 0xC8, 0x10, 0x10, 0x81, 0x80, 0x82, 0xFF, 0xFF, 0xFF])
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize(
+    ("compression", "block", "depth", "colour"),
+    [
+        (0, GREY_ROW * 2, 2, False),
+        (0, GREY_ROW + RED_ROW, 2, True),
+        # RLE (PackBits): a literal row, then 12 bytes repeated
+        (1, bytes([11]) + GREY_ROW + bytes([257 - 12, 0x80]), 2, False),
+        (1, bytes([11]) + GREY_ROW + bytes([11]) + RED_ROW, 2, True),
+        # runs that split a pixel: (0x20, 0x20, 0x30)
+        (1, bytes([257 - 12, 0x80, 128]) + bytes([257 - 2, 0x20, 257 - 10, 0x30]), 2, True),
+        # JPEG and delta-row data, and other depths, are not decoded: colour assumed
+        (2, b"\xff\xd8\xff\xe0", 2, True),
+        (3, GREY_ROW * 2, 2, True),
+        (0, GREY_ROW * 2, 1, True),
+    ],
+)
+def test_pclxl_rgb_images(
+    tmp_path: Path, big_endian: bool, compression: int, block: bytes, depth: int, colour: bool
+) -> None:
+    body = pxl_rgb_image(big_endian, compression, block, depth)
+    data = pxl_job(big_endian, 2, [body])
+    assert count_pages(write(tmp_path, "i.pxl", data)) == DocumentInfo(PCLXL, 2, colour)
+
+
 def test_pclxl_concatenated_jobs(tmp_path: Path) -> None:
     # two PJL jobs back to back, in different bindings, the second in colour
     colour = rgb_page(
