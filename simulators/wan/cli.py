@@ -96,15 +96,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"outpost sim wan serve: {exc}", file=sys.stderr)
         return 2
-    seed = args.seed
+    def print_event(event: dict[str, Any]) -> None:
+        print(json.dumps(event, sort_keys=True), flush=True)
+
     try:
-        sim, port = serve(reactor, args.api, config, seed=seed, time_scale=args.time_scale)
+        sim, port = serve(reactor, args.api, config, seed=args.seed,
+                          time_scale=args.time_scale)
     except Exception as exc:  # a bad config entry or a busy port: say which, exit
         print(f"outpost sim wan serve: {exc}", file=sys.stderr)
         return 3
     host = port.getHost()
     print(f"WAN simulator API on http://{host.host}:{host.port} "
           f"({len(sim.proxies)} proxies)", flush=True)
+    if not args.quiet:  # the first line stays the address, for scripts
+        for event in sim.events:
+            print_event(event)
+        sim.observers.append(print_event)
     reactor.run()  # type: ignore[misc]
     return 0
 
@@ -315,6 +322,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, default=None, help="seed for toxicity, jitter and loss")
     serve.add_argument("--time-scale", type=float, default=1.0,
                        help="run the config's schedule this many times faster")
+    serve.add_argument("--quiet", "-q", action="store_true",
+                       help="do not print events (one JSON object per line) to stdout")
     serve.set_defaults(func=cmd_serve)
 
     proxy = commands.add_parser("proxy", help="create, list, enable, disable, delete proxies")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,13 @@ def serve(
     config: Config | None = None,
     seed: int | str | None = None,
     time_scale: float = 1.0,
+    observer: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[WanSimulator, Any]:
     """Create the simulator, apply `config`, listen; returns (simulator, api port)."""
     config = config or Config()
     sim = WanSimulator(reactor, seed=config.seed if seed is None else seed)
+    if observer is not None:
+        sim.observers.append(observer)
     sim.populate(config.proxies)
     for proxy, specs in config.toxics.items():
         for spec in specs:

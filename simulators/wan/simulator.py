@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from simulators.wan import errors
@@ -46,6 +46,8 @@ class WanSimulator:
         self._source = "python"
         self.schedules: dict[str, ScheduleRun] = {}
         self._schedule_ids = itertools.count(1)
+        #: Called with each event as it is recorded (the CLI server prints them).
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # -- event log --------------------------------------------------------
     @contextlib.contextmanager
@@ -67,6 +69,8 @@ class WanSimulator:
             event["proxy"] = proxy
         event.update(details)
         self.events.append(event)
+        for observer in self.observers:
+            observer(event)
 
     def events_since(self, seq: int = 0) -> list[dict[str, Any]]:
         return [event for event in self.events if event["seq"] > seq]

@@ -33,10 +33,14 @@ actions:
 """
 
 
+running: dict[str, subprocess.Popen[str]] = {}
+
+
 @contextlib.contextmanager
-def running_server(*extra: str) -> Iterator[str]:
+def running_server(*extra: str, quiet: bool = True) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "simulators.wan", "serve", "--api", "127.0.0.1:0", *extra],
+        [sys.executable, "-m", "simulators.wan", "serve", *(["--quiet"] if quiet else []),
+         "--api", "127.0.0.1:0", *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -45,6 +49,7 @@ def running_server(*extra: str) -> Iterator[str]:
         line = process.stdout.readline()
         match = re.search(r"http://[0-9.]+:\d+", line)
         assert match, f"server did not start: {line!r} {process.stderr.read()}"
+        running[match.group(0)] = process
         yield match.group(0)
     finally:
         process.terminate()
@@ -192,3 +197,15 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
         [sys.executable, "-m", "simulators.wan", "serve", "--api", "127.0.0.1:0",
          "--config", str(config)], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "unknown action" in result.stderr
+
+
+@pytest.mark.integration
+def test_serve_prints_events_as_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    with running_server(quiet=False) as url:
+        status, _ = run_cli(capsys, url, "proxy", "add", "p", "--upstream", "127.0.0.1:9")
+        assert status == 0
+        stdout = running[url].stdout
+        assert stdout is not None
+        event = json.loads(stdout.readline())
+        assert event["action"] == "proxy_created" and event["proxy"] == "p"
+        assert event["source"] == "api"
