@@ -409,6 +409,20 @@ async def test_print_job_hold_until_and_release_on_a_direct_queue(site: IppSite)
 
 
 @pytest_twisted.ensureDeferred
+async def test_job_template_attributes_in_the_operation_group(site: IppSite) -> None:
+    """As CUPS sends job-hold-until (and its print-job-hold.test does)."""
+    reply = await send(site, request(Operation.PRINT_JOB, site, "mfd-1", op_attrs=[
+        attr("job-hold-until", ValueTag.KEYWORD, "indefinite")]), PDF)
+    assert status(reply) is Status.SUCCESSFUL_OK
+    assert job_value(reply, "job-state") == 4
+    # the job group wins over the operation group
+    reply = await send(site, request(Operation.VALIDATE_JOB, site, "mfd-1",
+                                     op_attrs=[attr("copies", ValueTag.INTEGER, 0)],
+                                     job_attrs=[attr("copies", ValueTag.INTEGER, 2)]))
+    assert status(reply) is Status.SUCCESSFUL_OK
+
+
+@pytest_twisted.ensureDeferred
 async def test_hold_job_and_release_job(tmp_path: Path) -> None:
     site = make_site(tmp_path, complete_direct_jobs=False)
     try:

@@ -62,6 +62,11 @@ OUTPUT_BINS = ("face-down",)
 FINISHINGS = (3,)
 RESOLUTIONS = (Resolution(600, 600, 3),)
 MAX_COPIES = 999
+#: The job template attributes a job may be created with (job-creation-attributes-supported).
+JOB_CREATION_ATTRIBUTES = (
+    "copies", "sides", "number-up", "media", "media-col", "print-color-mode", "job-hold-until",
+    "print-quality", "printer-resolution", "orientation-requested", "output-bin", "finishings",
+)
 WHICH_JOBS = ("completed", "not-completed", "all")
 
 
@@ -195,10 +200,7 @@ def printer_attributes(ctx: PrinterContext) -> dict[str, Attribute]:
         attr("which-jobs-supported", ValueTag.KEYWORD, *WHICH_JOBS),
         attr("job-ids-supported", ValueTag.BOOLEAN, True),
         attr("job-k-octets-supported", ValueTag.RANGE_OF_INTEGER, IntRange(0, k_octets)),
-        attr("job-creation-attributes-supported", ValueTag.KEYWORD,
-             "copies", "sides", "number-up", "media", "media-col", "print-color-mode",
-             "job-hold-until", "print-quality", "printer-resolution",
-             "orientation-requested", "output-bin", "finishings"),
+        attr("job-creation-attributes-supported", ValueTag.KEYWORD, *JOB_CREATION_ATTRIBUTES),
         # job template: defaults and what is supported
         attr("copies-default", ValueTag.INTEGER, 1),
         attr("copies-supported", ValueTag.RANGE_OF_INTEGER, IntRange(1, MAX_COPIES)),

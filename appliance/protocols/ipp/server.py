@@ -540,16 +540,25 @@ class IppPrinterResource(resource.Resource):
         client-error-attributes-or-values-not-supported when the client asks
         for ipp-attribute-fidelity; otherwise they are ignored, listed in the
         unsupported group, and the answer says successful-ok-ignored-or-substituted.
+
+        RFC 8011 puts them in the job group; CUPS (and its own print-job-hold.test)
+        also sends some in the operation group, so known ones are taken from there
+        when the job group does not have them.
         """
         values: dict[str, Any] = {}
         unsupported: list[Attribute] = []
-        for group in call.message.groups_of(GroupTag.JOB):
-            for attribute in group.attributes.values():
-                value = self._template_value(attribute)
-                if value is None:
-                    unsupported.append(attribute)
-                else:
-                    values[attribute.name] = value
+        sent = {a.name: a for group in call.message.groups_of(GroupTag.JOB)
+                for a in group.attributes.values()}
+        for name in tables.JOB_CREATION_ATTRIBUTES:
+            in_operation = call.op_attribute(name)
+            if name not in sent and in_operation is not None:
+                sent[name] = in_operation
+        for attribute in sent.values():
+            value = self._template_value(attribute)
+            if value is None:
+                unsupported.append(attribute)
+            else:
+                values[attribute.name] = value
         if unsupported:
             fidelity = call.op_value("ipp-attribute-fidelity")
             if fidelity is True:
