@@ -1579,7 +1579,8 @@ _PXL_ATTR_COLOR_DEPTH = 0x62  # e1Bit, e4Bit, e8Bit
 _PXL_ATTR_COLOR_MAPPING = 0x64  # eDirectPixel, eIndexedPixel
 _PXL_ATTR_SOURCE_WIDTH = 0x6C
 _PXL_ATTR_COMPRESS_MODE = 0x65  # eNoCompression, eRLECompression, eJPEG..., eDeltaRow...
-_PXL_MAX_IMAGE_CHECK = 16 << 20  # image blocks larger than this are assumed colour
+_PXL_MAX_IMAGE_CHECK = 4 << 20  # image blocks larger than this are assumed colour
+_PXL_MAX_IMAGE_DECODED = 32 << 20
 _PXL_RGB_SPACES = {2, 6}  # eRGB, eSRGB (eGray = 1)
 _PXL_NEUTRAL_TOLERANCE = 8 / 255  # drivers' RGB greys are rarely exactly neutral
 
@@ -1608,10 +1609,11 @@ def _pxl_neutral(values: tuple[float, ...]) -> bool:
     return True
 
 
-def _packbits(data: bytes) -> bytes:
+def _packbits(data: bytes, limit: int) -> bytes:
+    """TIFF PackBits decoding, stopping once *limit* bytes are out."""
     out = bytearray()
     i, n = 0, len(data)
-    while i < n:
+    while i < n and len(out) < limit:
         c = data[i]
         if c < 128:
             out += data[i + 1 : i + 2 + c]
@@ -1633,7 +1635,9 @@ def _pxl_image_is_colour(block: bytes, compression: int, width: int) -> bool:
     if compression == 0:
         raw = block
     elif compression == 1:
-        raw = _packbits(block)
+        raw = _packbits(block, _PXL_MAX_IMAGE_DECODED)
+        if len(raw) >= _PXL_MAX_IMAGE_DECODED:
+            return True  # a decompression bomb is not worth looking at
     else:
         return True
     used = width * 3
