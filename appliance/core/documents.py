@@ -1524,23 +1524,20 @@ _URF_COLOUR_SPACES = {1, 2, 3, 5, 6}  # sRGB, CIELab, AdobeRGB, RGB, CMYK (0/4 a
 
 
 def _count_urf(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | None]:
+    """Apple raster: page headers counted by walking the packed data.
+
+    The file header's page count is not used: streaming writers (ghostscript
+    among them) leave it 0, and a truncated job prints what it holds.
+    """
     f.seek(0)
-    if f.read(8) != b"UNIRAST\x00":
+    if f.read(12)[:8] != b"UNIRAST\x00":
         return None, None
     r = _Reader(f)
-    declared_raw = r.read(4)
-    if len(declared_raw) < 4:
-        return None, None
-    declared = struct.unpack(">I", declared_raw)[0]
     pages = 0
     colour = False
-    complete = True
     while True:
         hdr = r.read(32)
-        if not hdr:
-            break
         if len(hdr) < 32:
-            complete = False
             break
         bpp, cspace = hdr[0], hdr[1]
         width, height = struct.unpack_from(">II", hdr, 12)
@@ -1550,12 +1547,9 @@ def _count_urf(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool | 
         pages += 1
         colour = colour or cspace in _URF_COLOUR_SPACES
         if not _skip_packed_lines(r, height, (width * bpp + 7) // 8, max(1, bpp // 8)):
-            complete = False
-            break
+            break  # truncated last page: it still counts
     if pages == 0:
         return None, None
-    if not complete and declared > pages:
-        pages = declared  # truncated, but the header says how many were meant
     return pages, colour
 
 

@@ -824,9 +824,12 @@ def test_urf_pages_and_colour(tmp_path: Path) -> None:
     assert count_pages(write(tmp_path, "s.urf", streamed)) == DocumentInfo(URF, 4, True)
 
 
-def test_urf_truncated_uses_declared_count(tmp_path: Path) -> None:
+def test_urf_truncated(tmp_path: Path) -> None:
     data = urf([(8, 0)] * 5)
+    # cut inside the last page's data: it was started, so it counts
     assert count_pages(write(tmp_path, "t.urf", data[:-3])).pages == 5
+    # the header's page count is not believed over the data
+    assert count_pages(write(tmp_path, "l.urf", urf([(8, 0)] * 2, declared=9))).pages == 2
     assert count_pages(write(tmp_path, "h.urf", data[:14])).pages is None
 
 
@@ -1216,6 +1219,15 @@ def test_detect_colour_ignores_fake_coverage_on_stdout(tmp_path: Path) -> None:
     path = write(tmp_path, "evil.ps", ps)
     assert detect_colour(path, POSTSCRIPT) is True
     assert analyse(path) == DocumentInfo(POSTSCRIPT, 1, True)
+
+
+@needs_gs
+@pytest.mark.parametrize(("name", "fmt"), [("mixed5.ps", POSTSCRIPT), ("mixed5.pdf", PDF)])
+def test_analyse_pjl_wrapped(tmp_path: Path, name: str, fmt: str) -> None:
+    language = b"POSTSCRIPT" if fmt == POSTSCRIPT else b"PDF"
+    data = UEL + b"@PJL JOB\r\n@PJL ENTER LANGUAGE=" + language + b"\r\n"
+    data += fixture(name).read_bytes() + UEL + b"@PJL EOJ\r\n" + UEL
+    assert analyse(write(tmp_path, "job.prn", data), OCTET_STREAM) == DocumentInfo(fmt, 5, True)
 
 
 def test_analyse_without_ghostscript() -> None:
