@@ -1142,6 +1142,45 @@ def test_detect_colour_neutral_rgb_is_mono(tmp_path: Path) -> None:
 
 
 @needs_gs
+@pytest.mark.parametrize(
+    ("content", "colour"),
+    [
+        (b"0 0 0 rg 72 72 200 200 re f /G1 gs 0.5 0.5 0.5 rg 100 100 200 200 re f", False),
+        (b"0 0 0 rg 72 72 200 200 re f /G1 gs 1 0 0 rg 100 100 200 200 re f", True),
+        (b"0 0 0 1 k 72 72 200 200 re f /G1 gs 0 0 0 0.5 k 100 100 200 200 re f", False),
+        (b"/CS0 cs 0.2 0.2 0.2 sc 72 72 200 200 re f", False),
+        (b"/CS0 cs 0.2 0.2 0.6 sc 72 72 200 200 re f", True),
+    ],
+)
+def test_detect_colour_transparency_and_icc(tmp_path: Path, content: bytes, colour: bool) -> None:
+    # an RGB transparency group blending in multiply mode, and ICC-based RGB
+    icc = Path("/usr/share/ghostscript")
+    profiles = sorted(icc.glob("*/iccprofiles/srgb.icc"))
+    if b"/CS0" in content and not profiles:
+        pytest.skip("no sRGB profile to embed")
+    resources = b"/ExtGState << /G1 << /ca 0.5 /CA 0.5 /BM /Multiply >> >>"
+    objects = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        4: b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+    }
+    if profiles:
+        profile = profiles[0].read_bytes()
+        objects[5] = (
+            b"<< /N 3 /Length %d >>\nstream\n" % len(profile) + profile + b"\nendstream"
+        )
+        resources += b" /ColorSpace << /CS0 [/ICCBased 5 0 R] >>"
+    objects[3] = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Group << /S /Transparency /CS /DeviceRGB /I true >> /Resources << %s >> >>"
+        % resources
+    )
+    pdf = write(tmp_path, "t.pdf", build_pdf(objects, b"/Root 1 0 R", header=b"%PDF-1.4\n"))
+    assert count_pages(pdf).pages == 1
+    assert detect_colour(pdf, PDF) is colour
+
+
+@needs_gs
 def test_detect_colour_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # encrypted with a user password: gs cannot open it
     assert detect_colour(fixture("mixed5-userpw.pdf"), PDF) is None
