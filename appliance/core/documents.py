@@ -1370,7 +1370,7 @@ def _is_eps(head: bytes) -> bool:
 
 
 class _Reader:
-    """Buffered sequential reader with byte-at-a-time access."""
+    """Buffered sequential reader (the raster loop works on its buffer directly)."""
 
     __slots__ = ("buf", "f", "pos")
 
@@ -1387,13 +1387,6 @@ class _Reader:
         self.buf = rest + more
         self.pos = 0
         return True
-
-    def byte(self) -> int:
-        if self.pos >= len(self.buf) and not self._fill():
-            return -1
-        b = self.buf[self.pos]
-        self.pos += 1
-        return b
 
     def read(self, n: int) -> bytes:
         while len(self.buf) - self.pos < n:
@@ -1564,7 +1557,7 @@ _PXL_WHITESPACE = frozenset(b"\x00\x09\x0a\x0b\x0c\x0d\x20")
 _PXL_BEGIN_PAGE = 0x43
 _PXL_SET_COLOR_SPACE = 0x6A
 _PXL_SET_SOURCES = (0x63, 0x79)  # SetBrushSource, SetPenSource
-_PXL_BEGIN_RASTER = (0xB0, 0xB3)  # BeginImage, BeginRastPattern
+_PXL_BEGIN_RAST_PATTERN = 0xB3
 _PXL_ATTR_COLOR_SPACE = 3
 _PXL_ATTR_PALETTE_DATA = 6
 _PXL_ATTR_RGB_COLOR = 11
@@ -1815,7 +1808,7 @@ def _count_pclxl(f: BinaryIO, size: int, head: bytes) -> tuple[int | None, bool 
                 image_block = mode if isinstance(mode, int) else 0
             elif t == _PXL_END_IMAGE:
                 image_width = 0
-            elif rgb_space and t in _PXL_BEGIN_RASTER and palette is None:
+            elif rgb_space and t == _PXL_BEGIN_RAST_PATTERN and palette is None:
                 colour = True  # raster patterns: not checked
             if t != _PXL_READ_IMAGE:
                 image_block = None
