@@ -275,17 +275,22 @@ def _detected_format(path: str | os.PathLike[str], document_format: str | None) 
 def detect_colour(
     path: str | os.PathLike[str], document_format: str, timeout: float = 60.0
 ) -> bool | None:
-    """Whether any page of a PDF/PostScript document puts colour on paper.
+    """Whether any page of a document puts colour on paper.
 
-    Runs ghostscript's inkcov device; ``None`` if gs is missing, times out,
-    fails, or the document is not PDF/PostScript.  Blocking.
+    PDF and PostScript: ghostscript's inkcov device; ``None`` if gs is
+    missing, times out or fails.  Other formats: what the format itself says
+    (raster colour spaces, PCL XL colours, image channels: see
+    :func:`count_pages`), ``None`` where it says nothing.  Blocking.
     """
     try:
         fmt = _detected_format(path, document_format)
     except OSError:
         return None
     if fmt not in _GS_FORMATS:
-        return None
+        try:
+            return count_pages(path, document_format).colour
+        except OSError:
+            return None
     coverage = _inkcov(path, timeout)
     if coverage is None:
         return None

@@ -1184,8 +1184,8 @@ def test_detect_colour_transparency_and_icc(tmp_path: Path, content: bytes, colo
 def test_detect_colour_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # encrypted with a user password: gs cannot open it
     assert detect_colour(fixture("mixed5-userpw.pdf"), PDF) is None
-    # not a gs format
-    assert detect_colour(fixture("mixed5-srgb.pwg"), PWG_RASTER) is None
+    # unknown content: nothing to say
+    assert detect_colour(write(tmp_path, "x.bin", b"\x00" * 100), OCTET_STREAM) is None
     # a PostScript error
     assert detect_colour(write(tmp_path, "e.ps", b"%!PS\nundefinedthing\n"), POSTSCRIPT) is None
     # a job that never ends is killed at the timeout
@@ -1195,6 +1195,24 @@ def test_detect_colour_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     shutil.copy(fixture("mixed5.pdf"), tmp_path / "-dNOSAFER.pdf")
     assert detect_colour("-dNOSAFER.pdf", PDF) is True
+
+
+@pytest.mark.parametrize(
+    ("name", "colour"),
+    [
+        ("mixed5-srgb.pwg", True),
+        ("mono3-sgray.pwg", False),
+        ("mixed5-pxlcolor.pxl", True),
+        ("mono3-pxlcolor.pxl", False),
+        ("mono3.urf", False),
+    ],
+)
+def test_detect_colour_other_formats_need_no_gs(
+    monkeypatch: pytest.MonkeyPatch, name: str, colour: bool
+) -> None:
+    # the format says it: no ghostscript involved
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert detect_colour(fixture(name), OCTET_STREAM) is colour
 
 
 def test_detect_colour_without_gs(monkeypatch: pytest.MonkeyPatch) -> None:
