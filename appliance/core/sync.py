@@ -1,0 +1,453 @@
+"""Replication logic (docs/wire/sync.md): what the primary does with pushed batches and
+pull requests, and how a site drains its outbox, follows the stream and beats its heart.
+
+No wire format here beyond the JSON values of the spec (the HTTP adapter is
+`protocols/http/sync_api.py`, the client `protocols/http/sync_client.py`) and no SQL
+(`storage/sync_store.py`).
+
+Idempotency rests on the site-made event id ("<site>/<entry id>"): the primary keeps
+the SHA-256 of the canonical JSON of every applied event, so a replay is recognised
+(same digest: a duplicate, answered ok) and a forgery or a bug (same id, other
+digest) is quarantined, never applied. A batch is applied in one transaction, so a
+truncated or refused batch changes nothing, and the site forgets outbox rows only
+after the primary's answer names a checkpoint covering them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+from appliance.core.mode import LinkMode, Mode, Transition
+from appliance.storage.sync_store import (
+    NAME,
+    PULL_TOKEN,
+    Change,
+    IncomingEvent,
+    LedgerEvent,
+    SyncStore,
+)
+
+log = logging.getLogger(__name__)
+
+EVENT_KINDS = frozenset({"ledger"})
+LEDGER_KINDS = frozenset({"charge", "credit", "refund", "adjustment"})
+ACCOUNT_KINDS = frozenset({"personal", "shared", "system"})
+MAX_BATCH_EVENTS = 5000
+MAX_PULL_LIMIT = 5000
+DEFAULT_PULL_LIMIT = 1000
+
+
+class SyncError(Exception):
+    """A request refused as a whole: nothing was applied. `status` is the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def canonical(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- checking pushed batches
+
+
+@dataclass(frozen=True)
+class Batch:
+    site: str
+    batch_id: str
+    events: list[IncomingEvent]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_batch(payload: Any, peer: str | None) -> Batch:
+    """Check a pushed batch's envelope; raises SyncError (400, 403) for the whole batch.
+
+    Envelope faults (not an object, a missing field, seqs not increasing, an event id
+    of another site) refuse the batch: they come from a broken or hostile client, or a
+    request cut in transit, and a retry of the real batch will follow. A well-formed
+    event whose body cannot apply (unknown kind, bad ledger fields) is not a reason to
+    block the site's outbox forever: it is quarantined and reported instead.
+    """
+    if not isinstance(payload, dict):
+        raise SyncError(400, "malformed", "the body must be a JSON object")
+    site, batch_id, events = payload.get("site"), payload.get("batch_id"), payload.get("events")
+    if not isinstance(site, str) or not site or "/" in site:
+        raise SyncError(400, "malformed", "site: a name without '/' is required")
+    if peer is None:
+        raise SyncError(401, "no_identity", "no client certificate")
+    if site != peer:
+        raise SyncError(403, "wrong_site",
+                        f"the client certificate is {peer!r}'s, the batch says {site!r}")
+    if not isinstance(batch_id, str) or not batch_id or len(batch_id) > 200:
+        raise SyncError(400, "malformed", "batch_id: a string of 1..200 characters is required")
+    if not isinstance(events, list):
+        raise SyncError(400, "malformed", "events: a list is required")
+    if len(events) > MAX_BATCH_EVENTS:
+        raise SyncError(413, "too_large", f"at most {MAX_BATCH_EVENTS} events per batch")
+    checked: list[IncomingEvent] = []
+    previous = 0
+    seen: set[str] = set()
+    for i, event in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(event, dict) or set(event) != {"seq", "event_id", "kind", "body"}:
+            raise SyncError(400, "malformed",
+                            f"{where}: an object with exactly seq, event_id, kind, body")
+        seq, event_id, kind, body = event["seq"], event["event_id"], event["kind"], event["body"]
+        if not _is_int(seq) or seq <= previous:
+            raise SyncError(400, "malformed", f"{where}.seq: positive and increasing")
+        previous = seq
+        if not isinstance(event_id, str) or not event_id.startswith(site + "/") \
+                or len(event_id) <= len(site) + 1:
+            raise SyncError(400, "malformed", f"{where}.event_id: must be '{site}/<entry id>'")
+        if event_id in seen:
+            raise SyncError(400, "malformed", f"{where}.event_id: twice in one batch")
+        seen.add(event_id)
+        if not isinstance(kind, str) or not isinstance(body, dict):
+            raise SyncError(400, "malformed", f"{where}: kind is a string, body an object")
+        try:
+            text = canonical(body)
+        except ValueError as exc:
+            raise SyncError(400, "malformed", f"{where}.body: {exc}") from None
+        invalid: str | None = None
+        ledger: LedgerEvent | None = None
+        if kind not in EVENT_KINDS:
+            invalid = f"unknown event kind {kind!r}"
+        else:
+            ledger, invalid = _ledger_event(body, event_id[len(site) + 1:])
+        checked.append(IncomingEvent(seq, event_id, kind, text, digest(text), invalid, ledger))
+    return Batch(site, batch_id, checked)
+
+
+def _ledger_event(body: dict[str, Any], entry_id: str) -> tuple[LedgerEvent | None, str | None]:
+    problems = []
+    if body.get("entry_id") != entry_id:
+        problems.append("entry_id does not match the event id")
+    if not isinstance(body.get("account"), str) or not body.get("account"):
+        problems.append("account: a name")
+    if body.get("account_kind") not in ACCOUNT_KINDS:
+        problems.append(f"account_kind: one of {sorted(ACCOUNT_KINDS)}")
+    if not _is_int(body.get("amount")):
+        problems.append("amount: an integer (minor units)")
+    if body.get("kind") not in LEDGER_KINDS:
+        problems.append(f"kind: one of {sorted(LEDGER_KINDS)}")
+    if not isinstance(body.get("source"), str):
+        problems.append("source: a string")
+    for name in ("impressions", "colour"):
+        if body.get(name) is not None and not _is_int(body.get(name)):
+            problems.append(f"{name}: an integer or null")
+    if body.get("device") is not None and not isinstance(body.get("device"), str):
+        problems.append("device: a string or null")
+    created = body.get("created_at")
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        problems.append("created_at: a number")
+    if not isinstance(body.get("body", {}), dict):
+        problems.append("body: an object")
+    if problems:
+        return None, "invalid ledger event: " + "; ".join(problems)
+    return LedgerEvent(
+        entry_id=entry_id, account=body["account"], account_kind=body["account_kind"],
+        amount=body["amount"], kind=body["kind"], source=body["source"],
+        device=body.get("device"), impressions=body.get("impressions"),
+        colour=body.get("colour"), body=canonical(body.get("body") or {}),
+        created_at=float(body["created_at"])), None
+
+
+def parse_token(value: str | None) -> int:
+    if value is None or value == "":
+        return 0
+    if not value.isdigit() or len(value) > 19:
+        raise SyncError(400, "bad_token", "since: a token this primary gave")
+    return int(value)
+
+
+# ---------------------------------------------------------------- the primary
+
+
+class PrimarySync:
+    """The primary's side of the wire, one method per request (peer: the certificate's site)."""
+
+    def __init__(self, *, store: SyncStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def receive_batch(self, payload: Any, peer: str | None) -> dict[str, Any]:
+        batch = parse_batch(payload, peer)
+        outcome = await self.store.apply_batch(batch.site, batch.batch_id, batch.events,
+                                               self.clock())
+        if outcome.gap_after is not None:
+            log.warning("sync: %s's batch %s starts at seq %d, past its checkpoint %d",
+                        batch.site, batch.batch_id, batch.events[0].seq, outcome.gap_after)
+        for q in outcome.quarantined:
+            log.error("sync: quarantined %s from %s: %s", q["event_id"], batch.site, q["reason"])
+        return {"checkpoint": outcome.checkpoint, "applied": outcome.applied,
+                "duplicates": outcome.duplicates, "quarantined": outcome.quarantined}
+
+    async def changes(self, since: str | None, limit: str | int | None) -> dict[str, Any]:
+        start = parse_token(since)
+        count = DEFAULT_PULL_LIMIT
+        if limit is not None:
+            if isinstance(limit, str) and not limit.isdigit():
+                raise SyncError(400, "bad_limit", "limit: a positive integer")
+            count = int(limit)
+            if not 1 <= count <= MAX_PULL_LIMIT:
+                raise SyncError(400, "bad_limit", f"limit: 1..{MAX_PULL_LIMIT}")
+        rows, token, more = await self.store.changes_since(start, count)
+        return {"changes": [c.to_wire() for c in rows], "token": str(token), "more": more}
+
+    async def snapshot(self) -> dict[str, Any]:
+        rows, token = await self.store.snapshot()
+        return {"changes": [c.to_wire() for c in rows], "token": str(token)}
+
+    async def heartbeat(self, payload: Any, peer: str | None) -> dict[str, Any]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("site"), str):
+            raise SyncError(400, "malformed", "a JSON object with site is required")
+        if peer is None:
+            raise SyncError(401, "no_identity", "no client certificate")
+        if payload["site"] != peer:
+            raise SyncError(403, "wrong_site",
+                            f"the client certificate is {peer!r}'s, the heartbeat says "
+                            f"{payload['site']!r}")
+        mode: Any = payload.get("mode")
+        outbox: Any = payload.get("outbox")
+        pull_token: Any = payload.get("pull_token")
+        if mode not in {m.value for m in Mode} or not _is_int(outbox) or outbox < 0 or (
+                pull_token is not None and not isinstance(pull_token, str)):
+            raise SyncError(400, "malformed", "mode, outbox (>= 0) and pull_token (string)")
+        outage = payload.get("outage")
+        period: tuple[float, float] | None = None
+        if outage is not None:
+            if not isinstance(outage, dict) or not all(
+                    isinstance(outage.get(k), int | float) and not isinstance(outage.get(k), bool)
+                    for k in ("started_at", "ended_at")):
+                raise SyncError(400, "malformed", "outage: {started_at, ended_at}")
+            period = (float(outage["started_at"]), float(outage["ended_at"]))
+        now = self.clock()
+        head = await self.store.heartbeat(peer, mode=mode, outbox=outbox, pull_token=pull_token,
+                                          outage=period, now=now)
+        return {"ok": True, "token": str(head), "time": now}
+
+
+# ---------------------------------------------------------------- the site
+
+
+class SyncUnavailable(Exception):
+    """The primary could not be reached or did not answer (a miss): try again later."""
+
+
+class SyncRefused(Exception):
+    """The primary answered with a refusal (4xx): retrying the same request will not help."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"primary refused: {status} {body!r}")
+        self.status = status
+        self.body = body
+
+
+class SyncClient(Protocol):
+    """The wire as the site sees it (`protocols/http/sync_client.py` implements it)."""
+
+    async def push(self, batch: dict[str, Any]) -> dict[str, Any]: ...
+    async def changes(self, since: str, limit: int) -> dict[str, Any]: ...
+    async def snapshot(self) -> dict[str, Any]: ...
+    async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def _changes(values: Any) -> list[Change]:
+    if not isinstance(values, list):
+        raise SyncRefused(200, "changes: not a list")
+    out = []
+    for value in values:
+        if not isinstance(value, dict) or not isinstance(value.get("body"), dict) \
+                or not isinstance(value.get("kind"), str):
+            raise SyncRefused(200, f"not a change: {value!r}")
+        out.append(Change(parse_token(str(value.get("token", "0"))), value["kind"],
+                          str(value.get("key", "")), value["body"]))
+    return out
+
+
+@dataclass
+class SyncStats:
+    heartbeats: int = 0
+    misses: int = 0
+    pushed_batches: int = 0
+    pushed_events: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    push_failures: int = 0
+    pulled_changes: int = 0
+    pull_failures: int = 0
+
+
+class SiteSync:
+    """A site's uplink: every `heartbeat_interval` one tick — heartbeat, then, online,
+    drain the outbox in batches and follow the change stream.
+
+    Everything it needs is injected (store, client, mode, clock); a tick is also
+    callable directly, which is how tests step it on simulated time.
+    """
+
+    def __init__(self, *, name: str, store: SyncStore, client: SyncClient, mode: LinkMode,
+                 clock: Any, heartbeat_interval: float, push_batch_size: int = 500,
+                 pull_limit: int = DEFAULT_PULL_LIMIT) -> None:
+        self.name = name
+        self.store = store
+        self.client = client
+        self.mode = mode
+        self.clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        self.push_batch_size = push_batch_size
+        self.pull_limit = pull_limit
+        self.stats = SyncStats()
+        self._pending_outage: tuple[float, float] | None = None
+        self._loop: task.LoopingCall | None = None
+        self._ticking: defer.Deferred[None] | None = None
+        mode.subscribe(self._on_transition)
+
+    def _on_transition(self, transition: Transition) -> None:
+        if transition.outage_started is not None:
+            self._pending_outage = (transition.outage_started, transition.at)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._loop = task.LoopingCall(self._tick_guarded)
+        self._loop.clock = self.clock
+        self._loop.start(self.heartbeat_interval, now=True)
+
+    async def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._ticking is not None:
+            await self._ticking
+
+    def _tick_guarded(self) -> defer.Deferred[None] | None:
+        if self._ticking is not None:
+            return None          # the last tick is still draining: skip, do not pile up
+        d: defer.Deferred[None] = defer.ensureDeferred(self.tick())
+        self._ticking = d
+
+        def done(result: Any) -> None:
+            self._ticking = None
+            if isinstance(result, Failure):
+                log.error("sync tick failed: %s", result.getTraceback())
+
+        d.addBoth(done)
+        return None
+
+    # -- one tick
+
+    async def tick(self) -> None:
+        ok = await self.heartbeat()
+        if not ok or not self.mode.online:
+            return
+        if self._pending_outage is not None:
+            await self.heartbeat()
+        await self.push_all()
+        await self.pull_all()
+
+    async def heartbeat(self) -> bool:
+        body: dict[str, Any] = {
+            "site": self.name, "mode": self.mode.state.value,
+            "outbox": await self.store.outbox_size(),
+            "pull_token": await self.store.state(PULL_TOKEN), "at": self.clock.seconds()}
+        outage = self._pending_outage
+        if outage is not None:
+            body["outage"] = {"started_at": outage[0], "ended_at": outage[1]}
+        try:
+            await self.client.heartbeat(body)
+        except (SyncUnavailable, SyncRefused) as exc:
+            self.stats.misses += 1
+            log.debug("heartbeat missed: %s", exc)
+            self.mode.record(False)
+            return False
+        self.stats.heartbeats += 1
+        if outage is not None and self._pending_outage == outage:
+            self._pending_outage = None
+        self.mode.record(True)
+        return True
+
+    async def push_once(self) -> int:
+        """Push the oldest `push_batch_size` outbox events; returns how many were forgotten."""
+        events = await self.store.outbox_batch(self.push_batch_size)
+        if not events:
+            return 0
+        batch = {
+            "site": self.name,
+            "batch_id": f"{self.name}:{events[0].seq}-{events[-1].seq}",
+            "events": [{"seq": e.seq, "event_id": e.event_id, "kind": e.kind,
+                        "body": json.loads(e.body)} for e in events],
+        }
+        answer = await self.client.push(batch)
+        checkpoint: Any = answer.get("checkpoint") if isinstance(answer, dict) else None
+        if not _is_int(checkpoint) or not 0 <= checkpoint <= events[-1].seq:
+            # Never forget beyond what was sent and acknowledged.
+            raise SyncRefused(200, f"checkpoint {checkpoint!r} outside the batch sent")
+        forgotten = await self.store.outbox_ack(checkpoint)
+        self.stats.pushed_batches += 1
+        self.stats.pushed_events += int(answer.get("applied", 0))
+        self.stats.duplicates += int(answer.get("duplicates", 0))
+        for q in answer.get("quarantined") or []:
+            self.stats.quarantined += 1
+            log.error("sync: the primary quarantined %s: %s", q.get("event_id"), q.get("reason"))
+        return forgotten
+
+    async def push_all(self) -> bool:
+        """Drain the outbox; False when a push failed (the next tick resumes from the
+        checkpoint: unacknowledged events are still in the outbox)."""
+        try:
+            while await self.push_once():
+                pass
+        except (SyncUnavailable, SyncRefused) as exc:
+            self.stats.push_failures += 1
+            log.info("sync: push interrupted: %s", exc)
+            return False
+        return True
+
+    async def pull_all(self) -> bool:
+        """Follow the stream to its head (bootstrapping from the snapshot the first time)."""
+        try:
+            token = await self.store.state(PULL_TOKEN)
+            if token is None:
+                snap = await self.client.snapshot()
+                changes = _changes(snap.get("changes"))
+                token = str(parse_token(str(snap.get("token"))))
+                await self.store.apply_changes(changes, int(token), self.name)
+                self.stats.pulled_changes += len(changes)
+                log.info("sync: bootstrapped from the primary's snapshot at token %s", token)
+            while True:
+                page = await self.client.changes(token, self.pull_limit)
+                changes = _changes(page.get("changes"))
+                new_token = str(parse_token(str(page.get("token"))))
+                await self.store.apply_changes(changes, int(new_token), self.name)
+                self.stats.pulled_changes += len(changes)
+                token = new_token
+                if not page.get("more") or not changes:
+                    return True
+        except (SyncUnavailable, SyncRefused, SyncError) as exc:
+            self.stats.pull_failures += 1
+            log.info("sync: pull interrupted: %s", exc)
+            return False
+
+
+async def site_name(store: SyncStore) -> str | None:
+    return await store.state(NAME)

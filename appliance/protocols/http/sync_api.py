@@ -1,0 +1,116 @@
+"""Sync wire v1, server side (docs/wire/sync.md): HTTP JSON over mutual TLS.
+
+`SyncApi.handle` is the whole protocol as a function: method, path, query, body
+bytes and the peer's certificate identity in, status and body bytes out. The
+Twisted `SyncResource` is a thin adapter around it (it reads the body and the
+peer certificate), and in-process tests and simulations call `handle` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from twisted.internet import defer
+from twisted.web import resource, server
+from twisted.web.http import Request
+
+from appliance.core.sync import PrimarySync, SyncError
+from appliance.pki import Identity, peer_identity
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/sync/v1/"
+MAX_BODY = 32 * 1024 * 1024
+
+
+def _json(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
+    return status, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
+    return _json(status, {"error": {"code": code, "message": message}})
+
+
+class SyncApi:
+    def __init__(self, primary: PrimarySync, *, max_body: int = MAX_BODY) -> None:
+        self.primary = primary
+        self.max_body = max_body
+
+    async def handle(self, method: str, path: str, query: str, body: bytes,
+                     peer: Identity | None) -> tuple[int, bytes]:
+        try:
+            return await self._route(method, path, query, body, peer)
+        except SyncError as exc:
+            return _error(exc.status, exc.code, str(exc))
+
+    async def _route(self, method: str, path: str, query: str, body: bytes,
+                     peer: Identity | None) -> tuple[int, bytes]:
+        if not path.startswith(PREFIX):
+            return _error(404, "not_found", "no such resource")
+        if peer is None:
+            return _error(401, "no_identity", "a client certificate of this deployment is required")
+        name = path[len(PREFIX):]
+        args = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        site = peer.name if peer.kind == "site" else None
+        if (method, name) == ("GET", "changes"):
+            return _json(200, await self.primary.changes(args.get("since"), args.get("limit")))
+        if (method, name) == ("GET", "snapshot"):
+            return _json(200, await self.primary.snapshot())
+        if (method, name) in (("POST", "events"), ("POST", "heartbeat")):
+            if peer.kind != "site":
+                return _error(403, "not_a_site", f"{peer.uri} may not push")
+            if len(body) > self.max_body:
+                return _error(413, "too_large", f"at most {self.max_body} bytes")
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return _error(400, "malformed", f"not JSON: {exc}")
+            if name == "events":
+                return _json(200, await self.primary.receive_batch(payload, site))
+            return _json(200, await self.primary.heartbeat(payload, site))
+        if name in ("changes", "snapshot", "events", "heartbeat"):
+            return _error(405, "method_not_allowed", f"{method} is not allowed here")
+        return _error(404, "not_found", "no such resource")
+
+
+class SyncResource(resource.Resource):
+    """The Twisted adapter: serve `SyncApi` at the root of an HTTPS site."""
+
+    isLeaf = True
+
+    def __init__(self, api: SyncApi) -> None:
+        super().__init__()
+        self.api = api
+
+    def render(self, request: Request) -> int:  # type: ignore[override]
+        d = defer.ensureDeferred(self._answer(request))
+        d.addErrback(self._unexpected, request)
+        return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
+    async def _answer(self, request: Request) -> None:
+        assert request.content is not None
+        body = request.content.read(self.api.max_body + 1)
+        uri = request.uri.decode("latin-1")
+        path, _, query = uri.partition("?")
+        peer = peer_identity(request.channel.transport)
+        status, payload = await self.api.handle(request.method.decode("latin-1"), path, query,
+                                                body, peer)
+        self._write(request, status, payload)
+
+    def _unexpected(self, failure: Any, request: Request) -> None:
+        log.error("sync API failure on %s %s: %s", request.method, request.uri,
+                  failure.getTraceback())
+        self._write(request, 500, json.dumps({"error": {
+            "code": "internal_error", "message": "internal error; nothing was applied"}}).encode())
+
+    def _write(self, request: Request, status: int, payload: bytes) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(payload)
+        request.finish()

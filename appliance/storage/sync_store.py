@@ -1,0 +1,459 @@
+"""Every SQL statement of replication (docs/wire/sync.md), for both sides of the wire.
+
+Site side: the outbox (written by the `ledger_outbox` trigger of migration 0003, in
+the transaction of the ledger row), its acknowledgement, and applying the primary's
+change stream to the replica. Primary side: applying a pushed batch idempotently, the
+change stream (`changes`, written by triggers), the snapshot, heartbeats and outage
+reports.
+
+Each `SyncStore` coroutine is one committed transaction (`Database.run`); the `_sync`
+functions are the transaction bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from .database import Database
+from .store import _one, _q, ensure_account_sync
+
+log = logging.getLogger(__name__)
+
+ROLE = "role"
+NAME = "name"
+PULL_TOKEN = "pull_token"
+PUSH_CHECKPOINT = "push_checkpoint"
+
+
+def _now() -> float:
+    return time.time()
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    seq: int
+    event_id: str
+    kind: str
+    body: str   # JSON text as the trigger wrote it
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the pull stream; `token` is the stream position after it."""
+
+    token: int
+    kind: str
+    key: str
+    body: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"token": str(self.token), "kind": self.kind, "key": self.key, "body": self.body}
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """The fields of a pushed ledger event the primary needs (checked by core.sync)."""
+
+    entry_id: str
+    account: str
+    account_kind: str
+    amount: int
+    kind: str
+    source: str
+    device: str | None
+    impressions: int | None
+    colour: int | None
+    body: str          # canonical JSON of the event body's `body`
+    created_at: float
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A pushed event as core.sync checked it: canonical body, its digest, its verdict."""
+
+    seq: int
+    event_id: str
+    kind: str
+    body: str
+    sha256: str
+    invalid: str | None = None     # why it cannot apply (it is quarantined)
+    ledger: LedgerEvent | None = None
+
+
+@dataclass
+class BatchOutcome:
+    checkpoint: int
+    applied: int = 0
+    duplicates: int = 0
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    gap_after: int | None = None   # the batch started past checkpoint + 1
+
+
+# ---------------------------------------------------------------- state
+
+
+def state_sync(db: sqlite_utils.Database, key: str) -> str | None:
+    row = _one(db, "SELECT value FROM sync_state WHERE key = ?", (key,))
+    return None if row is None else str(row["value"])
+
+
+def set_state_sync(db: sqlite_utils.Database, key: str, value: str) -> None:
+    db.conn.execute("INSERT INTO sync_state (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def declare_role_sync(db: sqlite_utils.Database, role: str, name: str) -> None:
+    """Say which side of sync this database plays; the triggers act on it from now on.
+
+    Changes made before a primary declared itself are not in its change log; sites
+    that bootstrap from the snapshot (which reads the tables) still get them.
+    """
+    if role not in ("site", "primary"):
+        raise ValueError(f"no sync role {role!r}")
+    if "/" in name:
+        raise ValueError("a sync name must not contain '/'")
+    set_state_sync(db, ROLE, role)
+    set_state_sync(db, NAME, name)
+
+
+# ---------------------------------------------------------------- site: outbox
+
+
+def outbox_batch_sync(db: sqlite_utils.Database, limit: int) -> list[OutboxEvent]:
+    rows = _q(db, "SELECT seq, event_id, kind, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
+    return [OutboxEvent(r["seq"], r["event_id"], r["kind"], r["body"]) for r in rows]
+
+
+def outbox_ack_sync(db: sqlite_utils.Database, checkpoint: int) -> int:
+    """Forget what the primary acknowledged; returns how many events went."""
+    cur = db.conn.execute("DELETE FROM outbox WHERE seq <= ?", (checkpoint,))
+    previous = int(state_sync(db, PUSH_CHECKPOINT) or 0)
+    set_state_sync(db, PUSH_CHECKPOINT, str(max(previous, checkpoint)))
+    return int(cur.rowcount)
+
+
+def outbox_size_sync(db: sqlite_utils.Database) -> int:
+    row = _one(db, "SELECT COUNT(*) AS n FROM outbox")
+    assert row is not None
+    return int(row["n"])
+
+
+# ---------------------------------------------------------------- site: applying the stream
+
+
+def apply_changes_sync(db: sqlite_utils.Database, changes: Sequence[Change], token: int,
+                       me: str) -> int:
+    """Apply a page of the primary's stream and move the pull token, in one transaction.
+
+    Ledger rows are deduplicated by their global id, so the site's own rows coming
+    back (origin == me) are recognised by their local entry id and not doubled.
+    Returns how many ledger rows were added.
+    """
+    added = 0
+    for change in changes:
+        body = change.body
+        if change.kind == "ledger":
+            added += _apply_ledger_change(db, body, me)
+            continue
+        db.conn.execute(
+            "INSERT INTO replica (kind, key, body, token) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(kind, key) DO UPDATE SET body = excluded.body, token = excluded.token",
+            (change.kind, change.key, json.dumps(body, sort_keys=True), change.token))
+        if change.kind == "account":
+            db.conn.execute(
+                "INSERT INTO accounts (name, kind, overdraft_limit, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, "
+                "overdraft_limit = excluded.overdraft_limit",
+                (body["name"], body["kind"], body.get("overdraft_limit"), _now()))
+        elif change.kind == "user":
+            _apply_user_change(db, body)
+        elif change.kind == "identity":
+            _apply_identity_change(db, body)
+        # devices and cost policies: kept in `replica` only (see migration 0003)
+    set_state_sync(db, PULL_TOKEN, str(token))
+    return added
+
+
+def _apply_user_change(db: sqlite_utils.Database, body: dict[str, Any]) -> None:
+    account_id = ensure_account_sync(db, body["account"], "personal", 0)
+    row = _one(db, "SELECT id FROM users WHERE username = ?", (body["username"],))
+    if row is None:
+        db.conn.execute(
+            "INSERT INTO users (username, full_name, email, account_id, disabled, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (body["username"], body.get("full_name", ""), body.get("email", ""), account_id,
+             int(bool(body.get("disabled"))), _now()))
+    else:
+        db.conn.execute(
+            "UPDATE users SET full_name = ?, email = ?, account_id = ?, disabled = ? WHERE id = ?",
+            (body.get("full_name", ""), body.get("email", ""), account_id,
+             int(bool(body.get("disabled"))), row["id"]))
+
+
+def _apply_identity_change(db: sqlite_utils.Database, body: dict[str, Any]) -> None:
+    user = _one(db, "SELECT id FROM users WHERE username = ?", (body.get("username"),))
+    if user is None:
+        return
+    kind, lookup, verifier = body["kind"], body.get("lookup"), body.get("verifier")
+    if body.get("deleted"):
+        db.conn.execute("DELETE FROM identities WHERE user_id = ? AND kind = ? AND lookup IS ? "
+                        "AND verifier IS ?", (user["id"], kind, lookup, verifier))
+        return
+    if kind == "card":
+        db.conn.execute("DELETE FROM identities WHERE kind = 'card' AND lookup = ?", (lookup,))
+    else:
+        db.conn.execute("DELETE FROM identities WHERE user_id = ? AND kind = ?",
+                        (user["id"], kind))
+    db.conn.execute("INSERT INTO identities (user_id, kind, lookup, verifier, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)", (user["id"], kind, lookup, verifier, _now()))
+
+
+def _apply_ledger_change(db: sqlite_utils.Database, body: dict[str, Any], me: str) -> int:
+    global_id, origin = str(body["id"]), str(body["origin"])
+    entry_id = global_id
+    if origin == me and global_id.startswith(me + "/"):
+        entry_id = global_id[len(me) + 1:]
+    if _one(db, "SELECT 1 FROM ledger WHERE entry_id = ?", (entry_id,)) is not None:
+        return 0
+    account_id = ensure_account_sync(db, body["account"], body.get("account_kind") or "personal",
+                                     0)
+    db.conn.execute(
+        "INSERT INTO ledger (entry_id, account_id, amount, kind, source, device, impressions, "
+        "colour, body, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (entry_id, account_id, int(body["amount"]), body["kind"], body["source"],
+         body.get("device"), body.get("impressions"), body.get("colour"),
+         json.dumps(body.get("body") or {}, sort_keys=True), float(body["created_at"]), origin))
+    return 1
+
+
+# ---------------------------------------------------------------- primary: pushed batches
+
+
+def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
+                     events: Sequence[IncomingEvent], now: float) -> BatchOutcome:
+    """Apply a site's batch: new → applied, same body → duplicate, other body → quarantined.
+
+    The caller runs this as one transaction: a batch is applied whole or not at all.
+    """
+    db.conn.execute("INSERT INTO sync_sites (name) VALUES (?) ON CONFLICT(name) DO NOTHING",
+                    (site,))
+    site_row = _one(db, "SELECT checkpoint FROM sync_sites WHERE name = ?", (site,))
+    assert site_row is not None
+    stored = int(site_row["checkpoint"])
+    outcome = BatchOutcome(checkpoint=stored)
+    if events and events[0].seq > stored + 1:
+        outcome.gap_after = stored
+    newly_quarantined = 0
+    for event in events:
+        existing = _one(db, "SELECT body_sha256 FROM sync_events WHERE event_id = ?",
+                        (event.event_id,))
+        reason: str | None = None
+        if existing is not None:
+            if existing["body_sha256"] == event.sha256:
+                outcome.duplicates += 1
+                continue
+            reason = (f"event id already applied with another body "
+                      f"(applied sha256 {existing['body_sha256']})")
+        elif event.invalid is not None:
+            reason = event.invalid
+        elif event.ledger is not None and _one(
+                db, "SELECT 1 FROM ledger WHERE entry_id = ?", (event.event_id,)) is not None:
+            reason = "a ledger entry with this id exists that no site event made"
+        if reason is not None:
+            cur = db.conn.execute(
+                "INSERT OR IGNORE INTO sync_quarantine (event_id, site, seq, kind, body, "
+                "body_sha256, reason, batch_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.event_id, site, event.seq, event.kind, event.body, event.sha256, reason,
+                 batch_id, now))
+            newly_quarantined += cur.rowcount
+            outcome.quarantined.append({"seq": event.seq, "event_id": event.event_id,
+                                        "reason": reason})
+            continue
+        if event.ledger is not None:
+            _apply_ledger_event(db, site, event.event_id, event.ledger)
+        db.conn.execute(
+            "INSERT INTO sync_events (event_id, site, seq, kind, body_sha256, body, batch_id, "
+            "applied_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.event_id, site, event.seq, event.kind, event.sha256, event.body, batch_id,
+             now))
+        outcome.applied += 1
+    if events:
+        outcome.checkpoint = events[-1].seq
+    db.conn.execute(
+        "UPDATE sync_sites SET checkpoint = MAX(checkpoint, ?), events_applied = events_applied + ?, "
+        "duplicates = duplicates + ?, quarantined = quarantined + ? WHERE name = ?",
+        (outcome.checkpoint, outcome.applied, outcome.duplicates, newly_quarantined, site))
+    db.conn.execute(
+        "UPDATE outage_reports SET events_merged = events_merged + ?, "
+        "duplicates = duplicates + ?, quarantined = quarantined + ? "
+        "WHERE site = ? AND merged_at IS NULL",
+        (outcome.applied, outcome.duplicates, newly_quarantined, site))
+    return outcome
+
+
+def _apply_ledger_event(db: sqlite_utils.Database, site: str, event_id: str,
+                        event: LedgerEvent) -> None:
+    account_id = ensure_account_sync(db, event.account, event.account_kind,
+                                     None if event.account_kind == "system" else 0)
+    db.conn.execute(
+        "INSERT INTO ledger (entry_id, account_id, amount, kind, source, device, impressions, "
+        "colour, body, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event_id, account_id, event.amount, event.kind, event.source, event.device,
+         event.impressions, event.colour, event.body, event.created_at, site))
+
+
+# ---------------------------------------------------------------- primary: the stream
+
+
+def changes_since_sync(db: sqlite_utils.Database, since: int,
+                       limit: int) -> tuple[list[Change], int, bool]:
+    """(changes after `since`, the token to ask from next, whether more remain).
+
+    Synapse's `get_updates_since` shape: `limited` (here `more`) says the page was cut.
+    """
+    rows = _q(db, "SELECT seq, kind, key, body FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+              (since, limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    changes = [Change(r["seq"], r["kind"], r["key"], json.loads(r["body"])) for r in rows]
+    token = changes[-1].token if changes else max(since, 0)
+    if not changes:
+        # A token past the end (a primary restored from an old backup) is answered with
+        # the real end, so that the site notices and does not wait for rows that never come.
+        head = latest_token_sync(db)
+        token = min(token, head)
+    return changes, token, more
+
+
+def latest_token_sync(db: sqlite_utils.Database) -> int:
+    row = _one(db, "SELECT COALESCE(MAX(seq), 0) AS t FROM changes")
+    assert row is not None
+    return int(row["t"])
+
+
+def snapshot_sync(db: sqlite_utils.Database) -> tuple[list[Change], int]:
+    """Every master-data row and ledger row, as changes, and the stream token they are at.
+
+    Read in one transaction, so the site that applies it and then follows the stream
+    from the token misses nothing and sees nothing twice (ledger rows dedup anyway).
+    Bodies have exactly the shapes the change-log triggers write.
+    """
+    token = latest_token_sync(db)
+    name = state_sync(db, NAME) or "primary"
+    out: list[Change] = []
+    for r in _q(db, "SELECT name, kind, overdraft_limit FROM accounts ORDER BY id"):
+        out.append(Change(token, "account", r["name"], {
+            "name": r["name"], "kind": r["kind"], "overdraft_limit": r["overdraft_limit"]}))
+    for r in _q(db, "SELECT u.*, a.name AS account FROM users u "
+                    "JOIN accounts a ON a.id = u.account_id ORDER BY u.id"):
+        out.append(Change(token, "user", r["username"], {
+            "username": r["username"], "full_name": r["full_name"], "email": r["email"],
+            "account": r["account"], "disabled": r["disabled"]}))
+    for r in _q(db, "SELECT i.*, u.username FROM identities i "
+                    "JOIN users u ON u.id = i.user_id ORDER BY i.id"):
+        key = f"{r['username']}:{r['kind']}" + (f":{r['lookup']}" if r["kind"] == "card" else "")
+        out.append(Change(token, "identity", key, {
+            "username": r["username"], "kind": r["kind"], "lookup": r["lookup"],
+            "verifier": r["verifier"], "deleted": False}))
+    for r in _q(db, "SELECT * FROM devices ORDER BY id"):
+        out.append(Change(token, "device", r["name"], {
+            "name": r["name"], "kind": r["kind"], "protocol": r["protocol"], "uri": r["uri"],
+            "colour": r["colour"], "duplex": r["duplex"], "cost_policy": r["cost_policy"],
+            "enabled": r["enabled"]}))
+    for r in _q(db, "SELECT name, body FROM cost_policies ORDER BY name"):
+        out.append(Change(token, "cost_policy", r["name"], {
+            "name": r["name"], "policy": json.loads(r["body"])}))
+    for r in _q(db, "SELECT l.*, a.name AS account, a.kind AS account_kind FROM ledger l "
+                    "JOIN accounts a ON a.id = l.account_id ORDER BY l.id"):
+        global_id = r["entry_id"] if r["origin"] is not None else f"{name}/{r['entry_id']}"
+        out.append(Change(token, "ledger", global_id, {
+            "id": global_id, "origin": r["origin"] or name, "account": r["account"],
+            "account_kind": r["account_kind"], "amount": r["amount"], "kind": r["kind"],
+            "source": r["source"], "device": r["device"], "impressions": r["impressions"],
+            "colour": r["colour"], "body": json.loads(r["body"]),
+            "created_at": r["created_at"]}))
+    return out, token
+
+
+# ---------------------------------------------------------------- primary: heartbeats, reports
+
+
+def heartbeat_sync(db: sqlite_utils.Database, site: str, *, mode: str, outbox: int,
+                   pull_token: str | None, outage: tuple[float, float] | None,
+                   now: float) -> int:
+    """Record a site's heartbeat (and the outage it reports); returns the stream head."""
+    db.conn.execute("INSERT INTO sync_sites (name) VALUES (?) ON CONFLICT(name) DO NOTHING",
+                    (site,))
+    db.conn.execute("UPDATE sync_sites SET last_seen = ?, mode = ?, outbox = ?, pull_token = ? "
+                    "WHERE name = ?", (now, mode, outbox, pull_token, site))
+    if outage is not None:
+        db.conn.execute(
+            "INSERT INTO outage_reports (site, started_at, ended_at, reported_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(site, started_at) DO NOTHING",
+            (site, outage[0], outage[1], now))
+    if outbox == 0:
+        db.conn.execute("UPDATE outage_reports SET merged_at = ? "
+                        "WHERE site = ? AND merged_at IS NULL", (now, site))
+    return latest_token_sync(db)
+
+
+def table_rows_sync(db: sqlite_utils.Database, table: str) -> list[dict[str, Any]]:
+    """All rows of one sync table (reports and tests)."""
+    if table not in ("sync_sites", "sync_events", "sync_quarantine", "outage_reports",
+                     "changes", "outbox", "replica", "sync_state"):
+        raise ValueError(table)
+    return [dict(r) for r in _q(db, f"SELECT * FROM {table} ORDER BY rowid")]
+
+
+class SyncStore:
+    """Replication's data, one committed transaction per call."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def state(self, key: str) -> str | None:
+        return await self.database.run(lambda db: state_sync(db, key))
+
+    async def set_state(self, key: str, value: str) -> None:
+        await self.database.run(lambda db: set_state_sync(db, key, value))
+
+    async def outbox_batch(self, limit: int) -> list[OutboxEvent]:
+        return await self.database.run(lambda db: outbox_batch_sync(db, limit))
+
+    async def outbox_ack(self, checkpoint: int) -> int:
+        return await self.database.run(lambda db: outbox_ack_sync(db, checkpoint))
+
+    async def outbox_size(self) -> int:
+        return await self.database.run(outbox_size_sync)
+
+    async def apply_changes(self, changes: Sequence[Change], token: int, me: str) -> int:
+        return await self.database.run(lambda db: apply_changes_sync(db, changes, token, me))
+
+    async def apply_batch(self, site: str, batch_id: str, events: Sequence[IncomingEvent],
+                          now: float) -> BatchOutcome:
+        return await self.database.run(
+            lambda db: apply_batch_sync(db, site, batch_id, events, now))
+
+    async def changes_since(self, since: int, limit: int) -> tuple[list[Change], int, bool]:
+        return await self.database.run(lambda db: changes_since_sync(db, since, limit))
+
+    async def snapshot(self) -> tuple[list[Change], int]:
+        return await self.database.run(snapshot_sync)
+
+    async def heartbeat(self, site: str, *, mode: str, outbox: int, pull_token: str | None,
+                        outage: tuple[float, float] | None, now: float) -> int:
+        return await self.database.run(lambda db: heartbeat_sync(
+            db, site, mode=mode, outbox=outbox, pull_token=pull_token, outage=outage, now=now))
+
+    async def rows(self, table: str) -> list[dict[str, Any]]:
+        return await self.database.run(lambda db: table_rows_sync(db, table))
