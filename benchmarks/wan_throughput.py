@@ -7,6 +7,7 @@ one, which sends with blocking sockets, first straight to the sink, then
 through the proxy, alternating, and reports the median and best of each.
 
     .venv/bin/python benchmarks/wan_throughput.py [--mb 512] [--rounds 5]
+        [--toxic latency:latency=20]
 
 Target (issue 4): through the proxy >= 50 MB/s and >= 0.3x direct.
 """
@@ -43,13 +44,20 @@ def sink(ready: multiprocessing.connection.Connection) -> None:
             conn.sendall(struct.pack("!Q", total))
 
 
-def proxy(upstream_port: int, ready: multiprocessing.connection.Connection) -> None:
+def proxy(
+    upstream_port: int, ready: multiprocessing.connection.Connection, toxics: list[str]
+) -> None:
     from twisted.internet import reactor
 
     from simulators.wan import WanSimulator
 
     sim = WanSimulator(reactor)
     p = sim.add_proxy("bench", "127.0.0.1:0", f"127.0.0.1:{upstream_port}")
+    for spec in toxics:  # TYPE[:key=value,...], on the upstream (sending) stream
+        kind, _, attrs = spec.partition(":")
+        pairs = (a.split("=") for a in attrs.split(",") if a)
+        attributes = {k: float(v) if "." in v else int(v) for k, v in pairs}
+        sim.add_toxic("bench", kind, "upstream", attributes=attributes)
     ready.send(int(p.listen.rsplit(":", 1)[1]))
     reactor.run()  # type: ignore[attr-defined]
 
@@ -81,6 +89,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=512, help="MB sent per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--toxic", action="append", default=[], metavar="TYPE[:k=v,...]",
+                        help="measure with this toxic on the proxy, e.g. latency:latency=20")
     args = parser.parse_args()
     total = args.mb * 1_000_000
 
@@ -90,7 +100,8 @@ def main() -> int:
     sink_proc.start()
     sink_port = sink_ready.recv()
     proxy_ready, proxy_child = ctx.Pipe()
-    proxy_proc = ctx.Process(target=proxy, args=(sink_port, proxy_child), daemon=True)
+    proxy_proc = ctx.Process(target=proxy, args=(sink_port, proxy_child, args.toxic),
+                             daemon=True)
     proxy_proc.start()
     proxy_port = proxy_ready.recv()
     try:
@@ -104,7 +115,8 @@ def main() -> int:
         proxy_proc.terminate()
         sink_proc.terminate()
     d_med, p_med = statistics.median(direct), statistics.median(proxied)
-    print(f"{args.rounds} rounds of {args.mb} MB, loopback, one connection")
+    toxics = ", ".join(args.toxic) or "no toxics"
+    print(f"{args.rounds} rounds of {args.mb} MB, loopback, one connection, {toxics}")
     print(f"direct       median {d_med:8.1f} MB/s   best {max(direct):8.1f} MB/s")
     print(f"via proxy    median {p_med:8.1f} MB/s   best {max(proxied):8.1f} MB/s")
     ratio = p_med / d_med

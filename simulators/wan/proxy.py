@@ -33,9 +33,11 @@ STREAMS = ("upstream", "downstream")
 
 #: Bytes the stages of one link may hold before the sender is paused, and the
 #: level at which it is resumed. A partitioned or slowed link thus pushes back
-#: on the sender as a full TCP window would, instead of buffering it all.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+#: on the sender as a full TCP window would, instead of buffering it all; it
+#: also bounds a delayed link's throughput to about HIGH_WATER / latency, the
+#: bandwidth-delay product of a 1 MiB window.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
 
 #: recv() size and write-buffer threshold of proxied sockets.
 SOCKET_BUFFER = 64 * 1024

@@ -3,9 +3,11 @@
 TCP never shows a missing byte: a lost segment is sent again after a
 retransmission timeout (RTO), which doubles each time the retransmission is
 lost too, and everything behind it waits (head-of-line blocking). So each
-`segment` bytes (0 = each chunk as read) is lost with `probability`; a loss
-delays it by `rto` ms, a repeated loss by 2, 4... times that, capped at
-`max_rto` per attempt.
+chunk (as the proxy reads it; or each `segment` bytes, to model per-packet
+loss on bulk transfers) is lost with `probability`; a loss delays it by
+`rto` ms, a repeated loss by 2, 4... times that, capped at `max_rto` per
+attempt. This is pessimistic next to real TCP, whose fast retransmit repairs
+most single losses in about one round trip.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from simulators.wan.toxics.base import Stage, StageContext, TimedQueueStage, Tox
 
 class LossToxic(Toxic):
     type_name = "loss"
-    defaults = {"probability": 0.0, "rto": 200, "max_rto": 60000, "segment": 1460}
+    defaults = {"probability": 0.0, "rto": 200, "max_rto": 60000, "segment": 0}
     maximums = {"probability": 0.99}
     minimums = {"rto": 1, "max_rto": 1}
 

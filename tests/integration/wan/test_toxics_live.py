@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet import error
 
 from simulators.wan import WanSimulator
+from simulators.wan.proxy import HIGH_WATER, SOCKET_BUFFER
 from tests.integration.wan.helpers import Peer, Server, connect, reactor, sleep
 
 MARGIN = 0.005  # timer granularity
@@ -156,7 +157,7 @@ async def test_partition_stalls_both_ways_and_heals_in_order(
     await upstream.wait_for(7)
     sim.partition("link")
     rng = random.Random(3)
-    up_bytes = rng.randbytes(200_000)  # more than the proxy holds: back-pressure
+    up_bytes = rng.randbytes(3_000_000)  # more than the proxy holds: back-pressure
     down_bytes = rng.randbytes(50_000)
     client.write(up_bytes)
     upstream.write(down_bytes)
@@ -165,6 +166,10 @@ async def test_partition_stalls_both_ways_and_heals_in_order(
     assert bytes(upstream.received) == b"before|"
     assert bytes(client.received) == b""
     assert client.lost_at is None and upstream.lost_at is None
+    # The proxy held at most a window's worth; the rest waits in the sender.
+    (connection,) = sim.proxies["link"].connections
+    assert 0 < connection.links["upstream"].holding <= HIGH_WATER + SOCKET_BUFFER
+    assert connection.links["downstream"].holding == len(down_bytes)
     sim.heal("link")
     client.write(b"|after")
     upstream.write(b"|after")
