@@ -136,6 +136,92 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class PrimaryLinkConfig:
+    """`[primary]` of a site: where its primary is and how it talks to it (mutual TLS)."""
+
+    url: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    heartbeat_interval: float = 5.0
+    offline_after_misses: int = 3
+    online_after_successes: int = 3
+    push_batch_size: int = 500
+    pull_batch_size: int = 1000
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SyncListenConfig:
+    """`[sync]` of the primary: the HTTPS port sites sync with, and its certificates."""
+
+    host: str
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+DEFAULT_SYNC_PORT = 8633
+
+
+def _tls_files(r: _Reader, table: dict[str, Any], path: str,
+               base_dir: Path | None) -> tuple[Path, Path, Path]:
+    files = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = Path(r.get(table, path, key, str, "", required=True))
+        files.append(base_dir / value if base_dir is not None else value)
+    return files[0], files[1], files[2]
+
+
+def _primary_link(r: _Reader, root: dict[str, Any], role: str,
+                  base_dir: Path | None) -> PrimaryLinkConfig | None:
+    if "primary" not in root:
+        return None
+    table = r.table(root, "", "primary")
+    if role != "site":
+        r.errors.append("primary: only a site has a primary (this is role "
+                        f"{role!r})")
+    known = set(PrimaryLinkConfig.__dataclass_fields__)
+    r.unknown(table, "primary", known)
+    url = r.get(table, "primary", "url", str, "", required=True)
+    if url and not url.startswith("https://"):
+        r.errors.append("primary.url: expected https://host:port")
+    ca, cert, key = _tls_files(r, table, "primary", base_dir)
+    defaults = PrimaryLinkConfig("", Path(), Path(), Path())
+    values: dict[str, Any] = {}
+    for name in ("heartbeat_interval", "offline_after_misses", "online_after_successes",
+                 "push_batch_size", "pull_batch_size", "request_timeout"):
+        default = getattr(defaults, name)
+        value = r.get(table, "primary", name, type(default), default)
+        r.positive(value, f"primary.{name}")
+        values[name] = value
+    for name in ("push_batch_size", "pull_batch_size"):
+        if isinstance(values[name], int) and values[name] > 5000:
+            r.errors.append(f"primary.{name}: at most 5000")
+    return PrimaryLinkConfig(url=url, ca_file=ca, cert_file=cert, key_file=key, **values)
+
+
+def _sync_listen(r: _Reader, root: dict[str, Any], role: str,
+                 base_dir: Path | None) -> SyncListenConfig | None:
+    if "sync" not in root:
+        if role == "primary":
+            r.errors.append("sync: required for role 'primary' (host, port, ca_file, "
+                            "cert_file, key_file)")
+        return None
+    table = r.table(root, "", "sync")
+    if role != "primary":
+        r.errors.append(f"sync: only the primary serves sync (this is role {role!r})")
+    r.unknown(table, "sync", {"host", "port", "ca_file", "cert_file", "key_file"})
+    host = r.get(table, "sync", "host", str, "127.0.0.1")
+    port = r.get(table, "sync", "port", int, DEFAULT_SYNC_PORT)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        r.errors.append("sync.port: must be 0..65535")
+    ca, cert, key = _tls_files(r, table, "sync", base_dir)
+    return SyncListenConfig(host=host, port=port, ca_file=ca, cert_file=cert, key_file=key)
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     role: str
     name: str
@@ -150,6 +236,8 @@ class SiteConfig:
     devices: list[DeviceConfig] = field(default_factory=list)
     log_level: str = "INFO"
     snmp: SnmpConfig = field(default_factory=SnmpConfig)
+    primary: PrimaryLinkConfig | None = None   # role 'site': the uplink, when there is one
+    sync: SyncListenConfig | None = None       # role 'primary': where sites sync
 
     @property
     def database_path(self) -> Path:
@@ -278,10 +366,11 @@ def _device_snmp(r: _Reader, body: dict[str, Any], path: str, uri: str) -> Devic
 def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
-                         "release", "auth", "cost_policy", "devices", "log_level", "snmp"})
+                         "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync"})
     role = r.get(root, "", "role", str, "site")
-    if role not in ("site",):
-        r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site')")
+    if role not in ("site", "primary"):
+        r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site' "
+                        "and 'primary')")
     name = r.get(root, "", "name", str, "site", required=True)
     state_dir = Path(r.get(root, "", "state_dir", str, "/var/lib/outpost"))
     secrets_dir = Path(r.get(root, "", "secrets_dir", str, str(state_dir.parent / "secrets")))
@@ -340,6 +429,8 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         cost_policies=policies, devices=devices,
         log_level=r.get(root, "", "log_level", str, "INFO"),
         snmp=_snmp(r, root),
+        primary=_primary_link(r, root, role, base_dir),
+        sync=_sync_listen(r, root, role, base_dir),
     )
     if r.errors:
         raise ConfigError(r.errors)
