@@ -28,6 +28,7 @@ from appliance.protocols.ipp.driver import IppDriver
 from appliance.storage.database import Database
 from appliance.storage.spool import Spool
 from appliance.storage.store import SiteStore, configure_sync
+from appliance.storage.sync_store import declare_role_sync
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Site:
     _expiry: task.LoopingCall | None = None
     monitor: DeviceMonitor | None = None
     snmp_poller: Any = None   # protocols.snmp.poller.SnmpPoller, when a device has SNMP
+    sync: Any = None          # core.sync.SiteSync, when a [primary] is configured
 
     def listen(self) -> dict[str, int]:
         """Open the IPP and device-API ports; returns the bound port numbers."""
@@ -79,6 +81,8 @@ class Site:
         self._expiry.start(self.config.jobs.expire_interval, now=True)
         if self.snmp_poller is not None:
             self.snmp_poller.start()
+        if self.sync is not None:
+            self.sync.start()
         return self.listen()
 
     def _expire(self) -> defer.Deferred[None]:
@@ -87,6 +91,8 @@ class Site:
         return d.addCallback(lambda _: None)
 
     async def stop(self) -> None:
+        if self.sync is not None:
+            await self.sync.stop()
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
         if self.snmp_poller is not None:
@@ -106,6 +112,8 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
     database.open()
     devices = devices_from(config)
     database.run_sync(lambda db: configure_sync(db, devices, config.cost_policies))
+    # Every local ledger row now also enters the outbox (migration 0003's trigger).
+    database.run_sync(lambda db: declare_role_sync(db, "site", config.name))
     store = SiteStore(database)
     by_name = {d.name: d for d in devices}
 
@@ -143,7 +151,29 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
     return Site(config=config, reactor=reactor, database=database, store=store, spool=spool,
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
                 ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api,
-                monitor=monitor, snmp_poller=snmp_poller)
+                monitor=monitor, snmp_poller=snmp_poller,
+                sync=_uplink(config, reactor, database))
+
+
+def _uplink(config: SiteConfig, reactor: Any, database: Database) -> Any:
+    """The site's sync service (push outbox, pull changes, heartbeats), if it has a primary."""
+    link = config.primary
+    if link is None:
+        return None
+    from appliance.core.mode import LinkMode
+    from appliance.core.sync import SiteSync
+    from appliance.protocols.http.sync_client import HttpsTransport, HttpSyncClient
+    from appliance.storage.sync_store import SyncStore
+
+    transport = HttpsTransport.from_files(
+        reactor, link.url, ca_file=link.ca_file, cert_file=link.cert_file,
+        key_file=link.key_file, timeout=link.request_timeout)
+    mode = LinkMode(offline_after_misses=link.offline_after_misses,
+                    online_after_successes=link.online_after_successes, clock=reactor.seconds)
+    return SiteSync(name=config.name, store=SyncStore(database),
+                    client=HttpSyncClient(transport), mode=mode, clock=reactor,
+                    heartbeat_interval=link.heartbeat_interval,
+                    push_batch_size=link.push_batch_size, pull_limit=link.pull_batch_size)
 
 
 def _device_monitoring(config: SiteConfig, reactor: Any,

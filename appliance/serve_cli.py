@@ -64,12 +64,18 @@ def serve_command(args: argparse.Namespace) -> int:
 
     _setup_logging(config.log_level)
     log = logging.getLogger("outpost")
-    site = build_site(config, reactor)
+    site: Any
+    if config.role == "primary":
+        from appliance.roles.primary import build_primary
+
+        site = build_primary(config, reactor)
+    else:
+        site = build_site(config, reactor)
 
     async def start() -> None:
         ports = await site.start()
-        log.info("site %s serving: ipp port %d, device API port %d", config.name, ports["ipp"],
-                 ports["device_api"])
+        log.info("%s %s serving: %s", config.role, config.name,
+                 ", ".join(f"{name} port {port}" for name, port in ports.items()))
         print(json.dumps({"event": "serving", "name": config.name, **ports}), flush=True)
 
     def failed(failure: Any) -> None:
@@ -116,6 +122,9 @@ def import_users(config_path: Path, users: list[dict[str, Any]]) -> int:
     database.open()
     try:
         def work(db: Any) -> int:
+            from appliance.storage.sync_store import declare_role_sync
+
+            declare_role_sync(db, "primary" if config.role == "primary" else "site", config.name)
             for user, identities in prepared:
                 add_user_sync(db, str(user["username"]), str(user.get("full_name", "")),
                               str(user.get("email", "")), identities,

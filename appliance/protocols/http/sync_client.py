@@ -78,23 +78,29 @@ class HttpsTransport:
     """Requests to `base_url` over TLS that checks the primary against the deployment
     CA and presents the site's certificate. Any failure to get an answer is a miss."""
 
-    def __init__(self, reactor: Any, base_url: str, *, ca_file: Path, cert_file: Path,
-                 key_file: Path, timeout: float = 10.0) -> None:
+    def __init__(self, reactor: Any, base_url: str, creator: Any, *,
+                 timeout: float = 10.0) -> None:
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
-        parts = urlsplit(base_url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError("the primary's url must be https://host:port")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        creator = client_options(parts.hostname, ca_file, cert_file, key_file)
         self._reactor = reactor
         # Not persistent: after a partition, a kept-alive connection is a trap.
         pool = HTTPConnectionPool(reactor, persistent=False)
         agent = Agent(reactor, contextFactory=_FixedPolicy(creator), connectTimeout=timeout,
                       pool=pool)
         self._http = HTTPClient(agent)
+
+    @classmethod
+    def from_files(cls, reactor: Any, base_url: str, *, ca_file: Path, cert_file: Path,
+                   key_file: Path, timeout: float = 10.0) -> HttpsTransport:
+        """The site's transport: the deployment CA, the site's certificate and key."""
+        parts = urlsplit(base_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("the primary's url must be https://host:port")
+        creator = client_options(parts.hostname, ca_file, cert_file, key_file)
+        return cls(reactor, base_url, creator, timeout=timeout)
 
     async def call(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         import treq

@@ -1,0 +1,75 @@
+"""The primary: master data, the authoritative ledger, and the sync API sites talk to.
+
+Its database has the site-core tables too (one schema for every role), so that it can
+serve MFDs and queues directly later; for now it serves sync only. Master data enter
+through its tables (`outpost users import` against the primary's configuration, and
+the devices and cost policies of its configuration); the migration's triggers put
+every change into the change log that sites pull.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.web import server
+
+from appliance.config import SiteConfig
+from appliance.core.sync import PrimarySync
+from appliance.pki import server_options
+from appliance.protocols.http.sync_api import SyncApi, SyncResource
+from appliance.storage.database import Database
+from appliance.storage.store import configure_sync
+from appliance.storage.sync_store import SyncStore, declare_role_sync
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Primary:
+    config: SiteConfig
+    reactor: Any
+    database: Database
+    sync_store: SyncStore
+    sync: PrimarySync
+    api: SyncApi
+    ports: dict[str, Any] = field(default_factory=dict)
+
+    def listen(self) -> dict[str, int]:
+        listen = self.config.sync
+        assert listen is not None
+        tls = server_options(listen.ca_file, listen.cert_file, listen.key_file)
+        port = self.reactor.listenSSL(listen.port, server.Site(SyncResource(self.api)), tls,
+                                      interface=listen.host)
+        self.ports = {"sync": port}
+        return {name: p.getHost().port for name, p in self.ports.items()}
+
+    async def start(self) -> dict[str, int]:
+        return self.listen()
+
+    async def stop(self) -> None:
+        for port in self.ports.values():
+            await port.stopListening()
+        self.database.close()
+
+
+def build_primary(config: SiteConfig, reactor: Any) -> Primary:
+    """Open (migrating) the primary's database, declare its role, build the sync API."""
+    from appliance.app import devices_from
+
+    if config.role != "primary" or config.sync is None:
+        raise ValueError("build_primary needs role 'primary' with a [sync] section")
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(config.database_path, reactor)
+    database.open()
+
+    def prepare(db: Any) -> None:
+        declare_role_sync(db, "primary", config.name)
+        configure_sync(db, devices_from(config), config.cost_policies)
+
+    database.run_sync(prepare)
+    store = SyncStore(database)
+    sync = PrimarySync(store=store, clock=reactor.seconds)
+    return Primary(config=config, reactor=reactor, database=database, sync_store=store,
+                   sync=sync, api=SyncApi(sync))
