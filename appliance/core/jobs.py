@@ -158,6 +158,25 @@ class PrintService:
         except BaseException:
             document.discard()
             raise
+        try:
+            job = await self._record(queue, owner, name, options, document, path,
+                                     document_format, existing_job)
+        except BaseException:
+            # Nothing was acknowledged: the document must not linger in the spool.
+            self.spool.delete(document.name)
+            raise
+        if not job.analysed:
+            self._start_analysis(job)
+        if job.state is JobState.PENDING and self.on_ready is not None:
+            self._reactor.callLater(0, self._ready, job)
+        return job
+
+    async def _record(
+        self, queue: Queue, owner: str, name: str, options: JobOptions,
+        document: IncomingDocument, path: Path, document_format: str | None,
+        existing_job: Job | None,
+    ) -> Job:
+        """Count the document and commit its job row (new, or the Create-Job's)."""
         info = await threads.deferToThread(documents.count_pages, path, document_format)
         colour = self._colour_hint(options, info.colour, info.format)
         analysed = colour is not None or not _needs_ink_coverage(info.format)
@@ -165,29 +184,26 @@ class PrintService:
         state = JobState.HELD if hold else JobState.PENDING
         reasons = (HELD_REASON,) if hold else ("job-queued",)
         if existing_job is not None:
+            if existing_job.owner != owner:
+                raise JobError("not-authorized", f"job {existing_job.id} belongs to another user")
             job = await self.store.update_job(
-                existing_job.id, expect_states=(JobState.HELD,), spool_name=document.name,
-                size=document.size, pages=info.pages, colour=int(bool(colour)),
-                analysed=int(analysed), document_format=info.format, state=state,
-                state_reasons=reasons,
+                existing_job.id, expect_states=(JobState.HELD,), require_no_document=True,
+                spool_name=document.name, size=document.size, pages=info.pages,
+                colour=int(bool(colour)), analysed=int(analysed), document_format=info.format,
+                state=state, state_reasons=reasons,
             )
             if job is None:
-                self.spool.delete(document.name)
                 raise JobError("not-possible", "the job is no longer waiting for a document")
-        else:
-            user = await self.store.user_by_name(owner)
-            job = await self.store.insert_job(
-                uuid=uuidlib.uuid4().hex, queue=queue.name, owner=owner,
-                user_id=user.id if user else None, name=name, document_format=info.format,
-                spool_name=document.name, size=document.size, pages=info.pages,
-                colour=bool(colour), analysed=analysed, options=options, state=state,
-                state_reasons=reasons, expires_at=self.clock() + self.hold_ttl,
-            )
-        if not analysed:
-            self._start_analysis(job)
-        if state is JobState.PENDING and self.on_ready is not None:
-            self._reactor.callLater(0, self._ready, job)
-        return job
+            return job
+        user = await self.store.user_by_name(owner)
+        new_job: Job = await self.store.insert_job(
+            uuid=uuidlib.uuid4().hex, queue=queue.name, owner=owner,
+            user_id=user.id if user else None, name=name, document_format=info.format,
+            spool_name=document.name, size=document.size, pages=info.pages,
+            colour=bool(colour), analysed=analysed, options=options, state=state,
+            state_reasons=reasons, expires_at=self.clock() + self.hold_ttl,
+        )
+        return new_job
 
     def _ready(self, job: Job) -> None:
         assert self.on_ready is not None

@@ -342,7 +342,7 @@ class SiteStore:
         return await self.database.run(work)
 
     async def update_job(self, job_id: int, *, expect_states: Iterable[JobState] | None = None,
-                         **fields: Any) -> Job | None:
+                         require_no_document: bool = False, **fields: Any) -> Job | None:
         """Change a job's columns; with `expect_states`, only if it is in one of them.
 
         Returns the updated job, or None when the state check failed (someone
@@ -365,6 +365,8 @@ class SiteStore:
                 wanted = [s.value for s in expect_states]
                 sql += f" AND state IN ({','.join('?' * len(wanted))})"
                 args.extend(wanted)
+            if require_no_document:
+                sql += " AND spool_name IS NULL"
             cur = db.conn.execute(sql, args)
             if cur.rowcount == 0:
                 return None
