@@ -1,6 +1,6 @@
 """`outpost sim wan ...`: serve the simulator, or drive a running one over HTTP.
 
-    outpost sim wan serve [--api 127.0.0.1:8474] [--config F] [--seed N]
+    outpost sim wan serve [--api 127.0.0.1:8474] [--config F] [--seed N] [--quiet]
     outpost sim wan proxy add NAME --listen L --upstream U
     outpost sim wan proxy list|show|delete|enable|disable ...
     outpost sim wan toxic add PROXY --type latency -a latency=300 -a jitter=100
@@ -14,8 +14,9 @@
 
 Client commands talk to `--server` (default $OUTPOST_WAN_API or
 http://127.0.0.1:8474) with the standard library only, so they start fast.
-Exit status: 0 ok, 1 server unreachable, 2 usage error, 3 refused by the
-server (its message on stderr). `python -m simulators.wan` runs the same
+`serve` prints its address on the first line of stdout, then each event as
+one JSON object per line. Exit status: 0 ok, 1 server unreachable, 2 usage
+error, 3 refused by the server (its message on stderr). `python -m simulators.wan` runs the same
 commands without the rest of `outpost`.
 """
 
@@ -407,16 +408,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         sub.set_defaults(func=_wrap(func))
 
     ns = commands.add_parser("netns", help="site and primary in network namespaces (root)")
-    ns.add_argument("--site", default="outpost-site")
-    ns.add_argument("--primary", default="outpost-primary")
-    ns.add_argument("--prefix", default="10.213.0", help="first three octets of the /30")
+    names = argparse.ArgumentParser(add_help=False)
+    names.add_argument("--site", default="outpost-site", help="site namespace")
+    names.add_argument("--primary", default="outpost-primary", help="primary namespace")
+    names.add_argument("--prefix", default="10.213.0", help="first three octets of the /30")
     ns_cmds = ns.add_subparsers(dest="netns_command", metavar="ACTION")
     ns_cmds.required = True
-    ns_cmds.add_parser("up", help="create both namespaces and the veth pair")
-    cut = ns_cmds.add_parser("cut", help="hard-cut the link")
+    ns_cmds.add_parser("up", parents=[names], help="create both namespaces and the veth pair")
+    cut = ns_cmds.add_parser("cut", parents=[names], help="hard-cut the link")
     cut.add_argument("--how", choices=("link", "blackhole"), default="link")
-    ns_cmds.add_parser("heal", help="undo a cut")
-    ns_cmds.add_parser("down", help="delete both namespaces")
+    ns_cmds.add_parser("heal", parents=[names], help="undo a cut")
+    ns_cmds.add_parser("down", parents=[names], help="delete both namespaces")
     ns.set_defaults(func=cmd_netns)
     return wan
 
