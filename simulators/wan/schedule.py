@@ -228,6 +228,32 @@ class Degrade:
 
 Action = Flap | Cut | ToxicWindow | Degrade
 
+_UNDO = {"heal": "partition", "up": "down", "remove_toxic": "add_toxic"}
+
+
+def _key(event: Planned) -> tuple[str, str]:
+    if event.action in ("add_toxic", "remove_toxic"):
+        return event.proxy, str(event.details["toxic"])
+    return event.proxy, f"link:{event.details.get('by')}"
+
+
+def _clip(ordered: list[Planned], duration: float) -> list[Planned]:
+    """End the schedule at `duration`: nothing starts later, and whatever is
+    still applied then is undone then (a 1 h cut at 5 min of a 10 min
+    schedule heals at 10 min)."""
+    kept: list[Planned] = []
+    applied: set[tuple[str, str]] = set()
+    for event in ordered:
+        key = _key(event)
+        if event.action not in _UNDO:
+            if event.t <= duration:
+                applied.add(key)
+                kept.append(event)
+        elif key in applied:
+            applied.discard(key)
+            kept.append(replace(event, t=min(event.t, duration)))
+    return kept
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -251,11 +277,11 @@ class Schedule:
             tag = f"{type(action).__name__.lower()}{index}"
             rng = random.Random(f"{self.seed}/{index}/{tag}")
             events += action.plan(rng, tag, self.duration)
-        if self.duration is not None:
-            events = [e for e in events if e.t <= self.duration]
         # Stable: same time keeps action order, then each action's own order.
-        ordered = sorted(enumerate(events), key=lambda pair: (pair[1].t, pair[0]))
-        return [replace(event, order=i) for i, (_, event) in enumerate(ordered)]
+        ordered = [e for _, e in sorted(enumerate(events), key=lambda p: (p[1].t, p[0]))]
+        if self.duration is not None:
+            ordered = _clip(ordered, self.duration)
+        return [replace(event, order=i) for i, event in enumerate(ordered)]
 
     def end(self, plan: Sequence[Planned]) -> float:
         last = plan[-1].t if plan else 0.0

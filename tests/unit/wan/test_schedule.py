@@ -231,3 +231,10 @@ def test_schedule_api_errors() -> None:
     assert api(sim, "GET", "/schedules/42")[0] == 404
     assert api(sim, "DELETE", "/proxies")[0] == 405
     assert api(sim, "GET", "/nothing")[0] == 404
+
+
+def test_schedule_end_heals_what_outlasts_it() -> None:
+    schedule = Schedule([Cut("uplink", at=300, length=3600), Cut("uplink", at=700, length=5)],
+                        duration=600)
+    assert [(e.t, e.action, e.details["by"]) for e in schedule.plan()] == [
+        (300.0, "partition", "cut0"), (600.0, "heal", "cut0")]
