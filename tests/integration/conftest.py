@@ -1,8 +1,7 @@
 import pytest
 
-from simulators.lab.workstation import make_pdf
-
 from simulators.lab.runner import running_lab
+from simulators.lab.workstation import make_pdf
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import signal
 
 import pytest
 
-from simulators.lab.workstation import print_file
-
 from simulators.lab.runner import outputs, running_lab, sha256, wait_until
+from simulators.lab.workstation import print_file
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from simulators.lab.workstation import print_file
-
 from simulators.lab.runner import outputs, sha256, wait_until
+from simulators.lab.workstation import print_file
 
 pytestmark = pytest.mark.integration
 
