@@ -127,7 +127,8 @@ class FakeDevices:
         self.asked: dict[str, list[float]] = {}
         self.counter = 100
 
-    def fetch(self, target: SnmpTarget) -> defer.Deferred[dict[tuple[int, ...], Any]]:
+    def fetch(self, target: SnmpTarget,
+              supplies: bool = True) -> defer.Deferred[dict[tuple[int, ...], Any]]:
         self.asked.setdefault(target.name, []).append(self.clock.seconds())
         mode = self.mode.get(target.name, "ok")
         if mode == "silent":

@@ -9,7 +9,9 @@ One poll is one GETBULK (SNMPv2c or SNMPv3 USM): non-repeaters for sysDescr,
 sysUpTime, hrDeviceStatus, hrPrinterStatus, hrPrinterDetectedErrorState and the
 first prtMarkerLifeCount (GETNEXT of the column: an instance that is not there
 shows up as another OID and is read as missing), then up to `MAX_ROWS` rows of
-the prtMarkerLifeCount, prtAlert and prtMarkerSupplies columns. Every device has
+the prtMarkerLifeCount and prtAlert columns; every `SUPPLIES_EVERY`th poll also
+asks for the prtMarkerSupplies columns (levels change slowly, and decoding is
+most of a poll's cost: pyasn1 is slow, so a poll asks for little). Every device has
 its own loop: a silent device backs off (interval x 2^k, capped) without
 delaying the others; a malformed answer or wrong credentials mark that device
 `unknown` and nothing else.
@@ -21,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -54,10 +56,13 @@ SCALARS: list[tuple[Oid, Oid]] = [
     (HR_PRINTER_ERROR_STATE[:-1], HR_PRINTER_ERROR_STATE),
     (PRT_MARKER_LIFE_COUNT, (*PRT_MARKER_LIFE_COUNT, 1, 1)),
 ]
-COLUMNS: list[Oid] = [PRT_MARKER_LIFE_COUNT, PRT_ALERT_SEVERITY, PRT_ALERT_CODE,
-                      PRT_ALERT_DESCRIPTION, PRT_SUPPLIES_DESCRIPTION, PRT_SUPPLIES_MAX,
-                      PRT_SUPPLIES_LEVEL]
-MAX_ROWS = 8
+STATE_COLUMNS: list[Oid] = [PRT_MARKER_LIFE_COUNT, PRT_ALERT_SEVERITY, PRT_ALERT_CODE,
+                            PRT_ALERT_DESCRIPTION]
+SUPPLY_COLUMNS: list[Oid] = [PRT_SUPPLIES_DESCRIPTION, PRT_SUPPLIES_MAX, PRT_SUPPLIES_LEVEL]
+COLUMNS: list[Oid] = STATE_COLUMNS + SUPPLY_COLUMNS
+MAX_ROWS = 4
+SUPPLY_ROWS = 8
+SUPPLIES_EVERY = 6
 
 #: hrPrinterDetectedErrorState: (octet, mask) -> reason. Bit 0 is the first octet's high bit.
 ERROR_BITS: list[tuple[int, int, str]] = [
@@ -290,23 +295,41 @@ class PysnmpFetcher:
 
     async def _bulk(self, target: SnmpTarget, non_repeaters: list[Oid], columns: list[Oid],
                     rows: int, timeout: float, retries: int) -> list[tuple[Oid, Any]]:
-        from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, bulk_cmd
+        """One GETBULK. What pysnmp's hlapi `bulk_cmd` does, less its MIB look-ups of every
+        OID (numeric OIDs need none, and they cost more than the request itself)."""
+        from pysnmp.entity.rfc3413 import cmdgen
+        from pysnmp.hlapi.v3arch.asyncio.cmdgen import LCD
+        from pysnmp.proto import rfc1902
 
         transport = await self._transport(target, timeout, retries)
-        var_binds = [ObjectType(ObjectIdentity(oid)) for oid in non_repeaters + columns]
-        indication, status, index, answer = await bulk_cmd(
-            self.engine(target), self._auth(target), transport, ContextData(), len(non_repeaters),
-            rows, *var_binds, lookupMib=False)
+        engine = self.engine(target)
+        addr_name, _ = LCD.configure(engine, self._auth(target), transport, b"")
+        future: asyncio.Future[tuple[Any, Any, Any, Any]] = (
+            asyncio.get_running_loop().create_future())
+
+        def done(_engine: Any, _handle: Any, indication: Any, status: Any, index: Any,
+                 var_binds: Any, _ctx: Any) -> None:
+            if not future.done():
+                future.set_result((indication, status, index, var_binds))
+
+        var_binds = [(rfc1902.ObjectName(oid), rfc1902.Null("")) for oid in non_repeaters + columns]
+        cmdgen.BulkCommandGenerator().send_varbinds(
+            engine, addr_name, None, b"", len(non_repeaters), rows, var_binds, done, None)
+        indication, status, index, answer = await future
         if indication:
             raise PollFailed(_failure_reason(indication), str(indication))
         if status:
             raise PollFailed("snmp_error", f"{status.prettyPrint()} at {index}")
-        return [(tuple(vb[0]), vb[1]) for vb in answer]
+        return [(tuple(name), value) for name, value in answer]
 
-    async def poll(self, target: SnmpTarget) -> dict[Oid, Any]:
+    async def poll(self, target: SnmpTarget, supplies: bool = True) -> dict[Oid, Any]:
         """The values of one poll: the scalars found where expected, and the columns' rows."""
-        answer = await self._bulk(target, [ask for ask, _ in SCALARS], COLUMNS, MAX_ROWS,
-                                  self.timeout, self.retries)
+        scalars = [ask for ask, _ in SCALARS]
+        answer = await self._bulk(target, scalars, STATE_COLUMNS, MAX_ROWS, self.timeout,
+                                  self.retries)
+        if supplies:
+            answer += await self._bulk(target, [], SUPPLY_COLUMNS, SUPPLY_ROWS, self.timeout,
+                                       self.retries)
         return select(answer)
 
     async def page_count(self, target: SnmpTarget, timeout: float) -> int | None:
@@ -361,14 +384,15 @@ class DeviceTrack:
 class SnmpPoller:
     """Polls every target at `interval` seconds; readings go to `on_reading(name, reading, at)`.
 
-    `fetch(target)` returns a Deferred firing with the values of one poll
-    (default: pysnmp); the time-out guard, back-off and bookkeeping are here.
+    `fetch(target, supplies)` returns a Deferred firing with the values of one
+    poll, with the supplies' columns when `supplies` (default: pysnmp); the
+    time-out guard, back-off and bookkeeping are here.
     """
 
     def __init__(self, targets: list[SnmpTarget], *, reactor: Any, interval: float = 10.0,
                  timeout: float = 2.0, retries: int = 1, max_backoff: float | None = None,
                  on_reading: Callable[[str, SnmpReading, float], None] | None = None,
-                 fetch: Callable[[SnmpTarget], defer.Deferred[dict[Oid, Any]]] | None = None,
+                 fetch: Callable[[SnmpTarget, bool], defer.Deferred[dict[Oid, Any]]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.reactor = reactor
         self.interval = interval
@@ -383,8 +407,8 @@ class SnmpPoller:
             self._fetcher = PysnmpFetcher(timeout=timeout, retries=retries)
             fetcher = self._fetcher
 
-            def fetch(target: SnmpTarget) -> defer.Deferred[dict[Oid, Any]]:
-                return run_coroutine(fetcher.poll(target))
+            def fetch(target: SnmpTarget, supplies: bool) -> defer.Deferred[dict[Oid, Any]]:
+                return run_coroutine(fetcher.poll(target, supplies))
 
         self._fetch = fetch
         self.tracks = {t.name: DeviceTrack(t) for t in targets}
@@ -432,14 +456,18 @@ class SnmpPoller:
     def poll_once(self, name: str) -> defer.Deferred[SnmpReading | None]:
         """Poll `name` now; fires with its reading (never fails; None once stopped)."""
         track = self.tracks[name]
-        d: defer.Deferred[Any] = self._fetch(track.target)
+        supplies = track.answered % SUPPLIES_EVERY == 0
+        d: defer.Deferred[Any] = self._fetch(track.target, supplies)
         d.addTimeout(self.guard, self.reactor)
         d.addCallback(interpret)
-        d.addCallbacks(lambda reading: self._answered(track, reading),
+        d.addCallbacks(lambda reading: self._answered(track, reading, supplies),
                        lambda failure: self._failed(track, failure))
         return d
 
-    def _answered(self, track: DeviceTrack, reading: SnmpReading) -> SnmpReading:
+    def _answered(self, track: DeviceTrack, reading: SnmpReading,
+                  supplies: bool = True) -> SnmpReading:
+        if not supplies and track.reading is not None:
+            reading = replace(reading, supplies=track.reading.supplies)  # from an earlier poll
         track.polls += 1
         track.answered += 1
         track.failures = 0
