@@ -35,10 +35,11 @@ class IncomingDocument:
     """A document being received. Written from the reactor thread in chunks;
     `commit` (blocking: fsyncs) runs in a worker thread."""
 
-    def __init__(self, spool: Spool, owner: str, limit: int) -> None:
+    def __init__(self, spool: Spool, owner: str, limit: int, scope: str = "document") -> None:
         self.spool = spool
         self.owner = owner
         self.limit = limit
+        self.scope = scope  # which cap `limit` comes from
         self.name = f"{uuid.uuid4().hex}.doc"
         self.temp_path = spool.incoming / f"{self.name}.part"
         self.size = 0
@@ -51,7 +52,10 @@ class IncomingDocument:
             raise ValueError("document already closed")
         if self.size + len(data) > self.limit:
             self.discard()
-            raise SpoolFull(f"document larger than {self.limit} bytes", "document")
+            reason = {"document": f"document larger than {self.limit} bytes",
+                      "user": f"{self.owner} would hold more than the per-user spool allows",
+                      "total": "the site's spool is full"}[self.scope]
+            raise SpoolFull(reason, self.scope)
         if len(self.head) < 4096:
             self.head += data[: 4096 - len(self.head)]
         self.size += len(data)
@@ -103,10 +107,10 @@ class Spool:
             raise SpoolFull("the site's spool is full", "total")
         if used_by_owner >= self.max_per_user:
             raise SpoolFull(f"{owner} has too many held documents", "user")
-        limit = min(
-            self.max_document, self.max_per_user - used_by_owner, self.max_total - used_total
-        )
-        return IncomingDocument(self, owner, limit)
+        limits = {"document": self.max_document, "user": self.max_per_user - used_by_owner,
+                  "total": self.max_total - used_total}
+        scope = min(limits, key=lambda k: limits[k])
+        return IncomingDocument(self, owner, limits[scope], scope)
 
     def delete(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
