@@ -119,6 +119,14 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Watching devices over IPP too (Get-Printer-Attributes): every `ipp_interval` s, 0: off."""
+
+    ipp_interval: float = 0.0
+    ipp_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class ReleaseConfig:
     poll_interval: float = 0.25
     follow_timeout: float = 120.0
@@ -236,6 +244,7 @@ class SiteConfig:
     devices: list[DeviceConfig] = field(default_factory=list)
     log_level: str = "INFO"
     snmp: SnmpConfig = field(default_factory=SnmpConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     primary: PrimaryLinkConfig | None = None   # role 'site': the uplink, when there is one
     sync: SyncListenConfig | None = None       # role 'primary': where sites sync
 
@@ -317,6 +326,17 @@ def _snmp(r: _Reader, root: dict[str, Any]) -> SnmpConfig:
     return SnmpConfig(interval=interval, timeout=timeout, retries=retries)
 
 
+def _monitor(r: _Reader, root: dict[str, Any]) -> MonitorConfig:
+    table = r.table(root, "", "monitor")
+    r.unknown(table, "monitor", {"ipp_interval", "ipp_timeout"})
+    interval = r.get(table, "monitor", "ipp_interval", float, 0.0)
+    timeout = r.get(table, "monitor", "ipp_timeout", float, 5.0)
+    if isinstance(interval, float) and interval < 0:
+        r.errors.append("monitor.ipp_interval: must not be negative (0: off)")
+    r.positive(timeout, "monitor.ipp_timeout")
+    return MonitorConfig(ipp_interval=interval, ipp_timeout=timeout)
+
+
 def _device_snmp(r: _Reader, body: dict[str, Any], path: str, uri: str) -> DeviceSnmpConfig | None:
     if "snmp" not in body:
         return None
@@ -366,7 +386,8 @@ def _device_snmp(r: _Reader, body: dict[str, Any], path: str, uri: str) -> Devic
 def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
-                         "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync"})
+                         "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync",
+                         "monitor"})
     role = r.get(root, "", "role", str, "site")
     if role not in ("site", "primary"):
         r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site' "
@@ -429,6 +450,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         cost_policies=policies, devices=devices,
         log_level=r.get(root, "", "log_level", str, "INFO"),
         snmp=_snmp(r, root),
+        monitor=_monitor(r, root),
         primary=_primary_link(r, root, role, base_dir),
         sync=_sync_listen(r, root, role, base_dir),
     )
