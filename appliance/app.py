@@ -58,6 +58,7 @@ class Site:
     _expiry: task.LoopingCall | None = None
     monitor: DeviceMonitor | None = None
     snmp_poller: Any = None   # protocols.snmp.poller.SnmpPoller, when a device has SNMP
+    ipp_watcher: Any = None   # protocols.ipp.watcher.IppWatcher, when [monitor] ipp_interval > 0
     sync: Any = None          # core.sync.SiteSync, when a [primary] is configured
 
     def listen(self) -> dict[str, int]:
@@ -81,6 +82,8 @@ class Site:
         self._expiry.start(self.config.jobs.expire_interval, now=True)
         if self.snmp_poller is not None:
             self.snmp_poller.start()
+        if self.ipp_watcher is not None:
+            self.ipp_watcher.start()
         if self.sync is not None:
             self.sync.start()
         return self.listen()
@@ -97,6 +100,8 @@ class Site:
             self._expiry.stop()
         if self.snmp_poller is not None:
             await self.snmp_poller.stop()
+        if self.ipp_watcher is not None:
+            self.ipp_watcher.stop()
         for port in self.ports.values():
             await port.stopListening()
         await self.ipp_client.close()
@@ -152,7 +157,23 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
                 ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api,
                 monitor=monitor, snmp_poller=snmp_poller,
+                ipp_watcher=_ipp_watcher(config, reactor, ipp_client, monitor),
                 sync=_uplink(config, reactor, database))
+
+
+def _ipp_watcher(config: SiteConfig, reactor: Any, client: IppClient,
+                 monitor: DeviceMonitor) -> Any:
+    """Get-Printer-Attributes of every IPP device on an interval, into the monitor (or None)."""
+    settings = config.monitor
+    devices = [(d.name, d.uri) for d in config.devices if d.protocol == "ipp"]
+    if settings.ipp_interval <= 0 or not devices:
+        return None
+    from appliance.protocols.ipp.watcher import IppWatcher
+
+    watcher = IppWatcher(devices, client=client, reactor=reactor, on_view=monitor.update,
+                         interval=settings.ipp_interval, timeout=settings.ipp_timeout)
+    monitor.stale_after = max(monitor.stale_after, watcher.max_backoff + 2 * watcher.timeout)
+    return watcher
 
 
 def _uplink(config: SiteConfig, reactor: Any, database: Database) -> Any:
