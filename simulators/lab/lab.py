@@ -117,7 +117,9 @@ def site_config_text(*, name: str, state_dir: Path, secrets_dir: Path, ipp_port:
     ]
     if any("snmp" in mfd for mfd in mfds):
         lines += ["# The SNMP poller: short interval, so that a jam shows within a second or two.",
-                  "[snmp]", "interval = 1.0", "timeout = 0.5", "retries = 1", ""]
+                  "[snmp]", "interval = 1.0", "timeout = 0.5", "retries = 1", "",
+                  "# ...and over IPP (printer-state, printer-state-reasons), merged with SNMP.",
+                  "[monitor]", "ipp_interval = 1.0", "ipp_timeout = 2.0", ""]
     for i, mfd in enumerate(mfds):
         lines += ["[[devices]]", f'name = "{mfd["name"]}"', f'uri = "{mfd["ipp"]}"', ""]
         snmp = mfd.get("snmp")
