@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
+from appliance.protocols.lpd.parser import parse_lpd_uri
 
 DEFAULT_IPP_PORT = 8631
 DEFAULT_DEVICE_API_PORT = 8632
+#: LPD's own port is 515, which needs CAP_NET_BIND_SERVICE.
+DEFAULT_LPD_PORT = 8515
 
 
 class ConfigError(Exception):
@@ -247,6 +250,7 @@ class SiteConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     primary: PrimaryLinkConfig | None = None   # role 'site': the uplink, when there is one
     sync: SyncListenConfig | None = None       # role 'primary': where sites sync
+    lpd: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_LPD_PORT))
 
     @property
     def database_path(self) -> Path:
@@ -387,7 +391,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
                          "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync",
-                         "monitor"})
+                         "monitor", "lpd"})
     role = r.get(root, "", "role", str, "site")
     if role not in ("site", "primary"):
         r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site' "
@@ -433,9 +437,14 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         if device.name == "findme":
             r.errors.append(f"{path}.name: 'findme' is the Find-Me queue's name")
         seen.add(device.name)
-        if device.protocol != "ipp":
-            r.errors.append(f"{path}.protocol: only 'ipp' is supported in this build")
-        if device.uri and not device.uri.startswith(("ipp://", "ipps://")):
+        if device.protocol not in ("ipp", "lpd"):
+            r.errors.append(f"{path}.protocol: 'ipp' or 'lpd'")
+        elif device.protocol == "lpd" and device.uri:
+            try:
+                parse_lpd_uri(device.uri)
+            except ValueError:
+                r.errors.append(f"{path}.uri: expected lpd://host[:port]/queue")
+        elif device.uri and not device.uri.startswith(("ipp://", "ipps://")):
             r.errors.append(f"{path}.uri: expected an ipp:// or ipps:// URI")
         if device.cost_policy not in policies:
             r.errors.append(f"{path}.cost_policy: no cost_policy named {device.cost_policy!r}")
@@ -453,6 +462,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         monitor=_monitor(r, root),
         primary=_primary_link(r, root, role, base_dir),
         sync=_sync_listen(r, root, role, base_dir),
+        lpd=_listen(r, root, "lpd", DEFAULT_LPD_PORT),
     )
     if r.errors:
         raise ConfigError(r.errors)
