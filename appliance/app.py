@@ -25,6 +25,8 @@ from appliance.core.release import ReleaseService
 from appliance.protocols.http.device_api import DeviceApi
 from appliance.protocols.ipp.client import IppClient
 from appliance.protocols.ipp.driver import IppDriver
+from appliance.protocols.lpd.client import LpdClient
+from appliance.protocols.lpd.driver import LpdDriver
 from appliance.storage.database import Database
 from appliance.storage.spool import Spool
 from appliance.storage.store import SiteStore, configure_sync
@@ -62,7 +64,9 @@ class Site:
     sync: Any = None          # core.sync.SiteSync, when a [primary] is configured
 
     def listen(self) -> dict[str, int]:
-        """Open the IPP and device-API ports; returns the bound port numbers."""
+        """Open the IPP, device-API and LPD ports; returns the bound port numbers."""
+        from appliance.protocols.lpd.server import LpdServerFactory
+
         ipp = self.reactor.listenTCP(self.config.ipp.port, server.Site(self.ipp_root),
                                      interface=self.config.ipp.host)
         api_root = resource.Resource()
@@ -71,7 +75,10 @@ class Site:
         v1.putChild(b"v1", self.device_api)
         api = self.reactor.listenTCP(self.config.device_api.port, server.Site(api_root),
                                      interface=self.config.device_api.host)
-        self.ports = {"ipp": ipp, "device_api": api}
+        lpd = self.reactor.listenTCP(self.config.lpd.port,
+                                     LpdServerFactory(self.jobs, reactor=self.reactor),
+                                     interface=self.config.lpd.host)
+        self.ports = {"ipp": ipp, "device_api": api, "lpd": lpd}
         return {name: port.getHost().port for name, port in self.ports.items()}
 
     async def start(self) -> dict[str, int]:
@@ -136,7 +143,8 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                         use_ghostscript=config.jobs.use_ghostscript)
     ipp_client = IppClient(reactor)
     monitor, snmp_poller, audit = _device_monitoring(config, reactor, store)
-    release = ReleaseService(jobs=jobs, store=store, drivers={"ipp": IppDriver(ipp_client)},
+    release = ReleaseService(jobs=jobs, store=store, drivers={"ipp": IppDriver(ipp_client),
+                                                                "lpd": LpdDriver(LpdClient(reactor))},
                              devices=lambda: by_name, policies=policy_for, reactor=reactor,
                              poll_interval=config.release.poll_interval,
                              follow_timeout=config.release.follow_timeout,
