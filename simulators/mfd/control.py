@@ -5,6 +5,9 @@
 - ``POST /control/fault`` with ``{"mode": "none"|"offline"|"jam"|"slow"|"reject",
   "after_pages": K, "page_delay": S, "once": bool}``: 200 with the new state,
   400 ``{"error": "..."}`` on bad input.
+- ``GET /control/sensors``, ``POST /control/sensors`` with ``{"door_open": bool,
+  "supplies": {"cyan": 5, ...}}`` (percent): what only the SNMP agent shows
+  (`snmp.py`); 404 when the MFD serves no SNMP.
 
 It stays up while the IPP port is "offline", so that a test can bring the
 printer back.
@@ -52,7 +55,26 @@ class ControlResource(resource.Resource):
             if request.method == b"GET":
                 return _json(request, 200, self._mfd.fault.to_json())
             return _json(request, 405, {"error": "use POST /control/fault"})
+        if path == [b"control", b"sensors"]:
+            return self._sensors(request)
         return _json(request, 404, {"error": "no such path; try GET /control"})
+
+    def _sensors(self, request: Request) -> bytes:
+        agent = self._mfd.snmp_agent
+        if agent is None:
+            return _json(request, 404, {"error": "this MFD serves no SNMP"})
+        if request.method == b"GET":
+            return _json(request, 200, agent.sensors_json())
+        if request.method != b"POST":
+            return _json(request, 405, {"error": "use GET or POST /control/sensors"})
+        assert request.content is not None
+        try:
+            body = json.loads(request.content.read(MAX_BODY).decode("utf-8"))
+            return _json(request, 200, agent.apply_sensors(body))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _json(request, 400, {"error": "the body is not JSON"})
+        except ValueError as exc:
+            return _json(request, 400, {"error": str(exc)})
 
     def _post_fault(self, request: Request) -> bytes | int:
         assert request.content is not None

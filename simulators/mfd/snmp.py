@@ -238,6 +238,31 @@ class MfdSnmpAgent:
     def set_door_open(self, open_: bool) -> None:
         self.sensors.door_open = open_
 
+    def sensors_json(self) -> dict[str, Any]:
+        return {"door_open": self.sensors.door_open,
+                "supplies": {s.name: round(s.percent(self._counter_for(s)), 2)
+                             for s in self.sensors.supplies},
+                "conditions": sorted(self.conditions())}
+
+    def apply_sensors(self, body: Any) -> dict[str, Any]:
+        """`POST /control/sensors`: {"door_open": bool, "supplies": {name: percent}}; checks first."""
+        if not isinstance(body, dict) or set(body) - {"door_open", "supplies"}:
+            raise ValueError('expected {"door_open": bool, "supplies": {name: percent}}')
+        door = body.get("door_open", self.sensors.door_open)
+        if not isinstance(door, bool):
+            raise ValueError("door_open must be true or false")
+        supplies = body.get("supplies", {})
+        names = {s.name for s in self.sensors.supplies} | {
+            s.name.removesuffix(" toner") for s in self.sensors.supplies}
+        if not isinstance(supplies, dict) or any(
+                name not in names or isinstance(level, bool) or not isinstance(level, int | float)
+                or not 0 <= level <= 100 for name, level in supplies.items()):
+            raise ValueError(f"supplies: {{name: 0..100}} with names from {sorted(names)}")
+        self.set_door_open(door)
+        for name, level in supplies.items():
+            self.set_supply(name, level)
+        return self.sensors_json()
+
     def conditions(self) -> set[str]:
         """The error-state conditions the printer is in now."""
         found: set[str] = set()

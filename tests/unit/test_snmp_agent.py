@@ -221,3 +221,29 @@ def test_the_agent_port_is_bound_at_listen(make_mfd: Callable[..., SimulatedMfd]
     plain = SimulatedMfd("plain", mfd.output_dir.parent / "p", mfd.state_dir.parent / "p",
                          reactor=reactor)
     assert plain.snmp_port is None and plain.snmp_agent is None
+
+
+@ensure
+async def test_the_control_api_sets_the_sensors(make_mfd: Callable[..., SimulatedMfd],
+                                                pollers: Callable[..., SnmpPoller]) -> None:
+    import json
+
+    import treq
+
+    mfd = make_mfd()
+    url = f"{mfd.control_uri}/sensors"
+    answer = await treq.post(url, json={"door_open": True, "supplies": {"yellow": 3}},
+                             persistent=False)
+    body = json.loads(await answer.content())
+    assert answer.code == 200, body
+    assert body["door_open"] and body["supplies"]["yellow toner"] == 3
+    assert body["conditions"] == ["door_open", "low_toner"]
+    reading = await pollers([v2(mfd)]).poll_once("v2")
+    assert reading.state == "door_open" and "low_toner" in reading.reasons
+    for bad in ({"door_open": "yes"}, {"supplies": {"purple": 5}}, {"supplies": {"cyan": 101}},
+                {"lid": True}, [1]):
+        answer = await treq.post(url, json=bad, persistent=False)
+        assert answer.code == 400, bad
+        await answer.content()
+    answer = await treq.get(url, persistent=False)
+    assert json.loads(await answer.content())["door_open"] is True
