@@ -210,6 +210,10 @@ class SimulatedMfd:
         self.snmp_v3 = snmp_v3
         self.snmp_agent: Any = None
         self.snmp_port: int | None = None
+        #: LPD endpoint (`lpd.py`), opened by listen(lpd_port=...); None: no LPD.
+        self._lpd_listener: Any = None
+        self._lpd_factory: WrappingFactory | None = None
+        self.lpd_port: int | None = None
 
     @staticmethod
     def _site(root: resource.Resource) -> server.Site:
@@ -221,10 +225,11 @@ class SimulatedMfd:
     # ------------------------------------------------------------ lifecycle
 
     def listen(self, host: str = "127.0.0.1", ipp_port: int = 0, control_port: int = 0,
-               snmp_port: int | None = None) -> None:
+               snmp_port: int | None = None, lpd_port: int | None = None) -> None:
         """Open the IPP and control ports (0: any free port), synchronously.
 
-        With `snmp_port` (0: any free UDP port) the SNMP agent answers there too.
+        With `snmp_port` (0: any free UDP port) the SNMP agent answers there too;
+        with `lpd_port` (0: any free port) the LPD endpoint (`lpd.py`) listens.
         """
         self._host = host
         self._uri_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
@@ -246,6 +251,14 @@ class SimulatedMfd:
             self.snmp_agent = MfdSnmpAgent(self, community=self.snmp_community or LAB_COMMUNITY,
                                            v3=self.snmp_v3)
             self.snmp_port = self.snmp_agent.listen(host or "0.0.0.0", snmp_port)
+        if lpd_port is not None:
+            from .lpd import MfdLpdFactory, clean_spool
+
+            clean_spool(self.state_dir)
+            self._lpd_factory = WrappingFactory(MfdLpdFactory(self))
+            self._lpd_listener = self._reactor.listenTCP(lpd_port, self._lpd_factory,
+                                                         interface=host)
+            self.lpd_port = self._lpd_listener.getHost().port
 
     @property
     def ipp_uri(self) -> str:
@@ -255,6 +268,13 @@ class SimulatedMfd:
     def ipp_authority(self) -> str:
         """host:port of the IPP port, as URIs name it."""
         return f"{self._uri_host}:{self.ipp_port}"
+
+    @property
+    def lpd_uri(self) -> str | None:
+        """`lpd://host:port/<name>` when the LPD endpoint listens (it takes any queue name)."""
+        if self.lpd_port is None:
+            return None
+        return f"lpd://{self._uri_host}:{self.lpd_port}/{self.name}"
 
     @property
     def control_uri(self) -> str:
@@ -274,6 +294,11 @@ class SimulatedMfd:
                 waits.append(defer.maybeDeferred(listener.stopListening))
             _drop_connections(factory)
         self._ipp_listener = self._control_listener = None
+        if self._lpd_listener is not None:
+            waits.append(defer.maybeDeferred(self._lpd_listener.stopListening))
+            self._lpd_listener = None
+        if self._lpd_factory is not None:
+            _drop_connections(self._lpd_factory)
         if self.snmp_agent is not None:
             self.snmp_agent.close()
         for timeout in self._incoming.values():
