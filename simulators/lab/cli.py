@@ -20,6 +20,8 @@ def register(commands: Any) -> None:
     up.add_argument("--mfds", type=int, default=2, help="simulated MFDs (default 2)")
     up.add_argument("--users", type=int, default=10, help="seeded users (10..12)")
     up.add_argument("--seed", type=int, default=1, help="seed for the users' credentials")
+    up.add_argument("--lpd-mfds", type=int, default=0, metavar="N",
+                    help="configure the last N MFDs at the site as LPD-only devices (default 0)")
     up.set_defaults(func=lab_up_command)
 
     demo = commands.add_parser("demo", help="run the scripted demo over a lab and print a report")
@@ -31,6 +33,9 @@ def register(commands: Any) -> None:
 def lab_up_command(args: argparse.Namespace) -> int:
     if not 1 <= args.mfds <= 50:
         print("--mfds must be 1..50", file=sys.stderr)
+        return 2
+    if not 0 <= args.lpd_mfds <= args.mfds:
+        print("--lpd-mfds must be 0..--mfds", file=sys.stderr)
         return 2
     if not 10 <= args.users <= 12:
         print("--users must be 10..12", file=sys.stderr)
@@ -46,7 +51,8 @@ def lab_up_command(args: argparse.Namespace) -> int:
     reactor: Any = installed
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s lab %(levelname)s %(message)s")
-    lab = Lab(LabOptions(args.dir, mfds=args.mfds, seed=args.seed, users=args.users), reactor)
+    lab = Lab(LabOptions(args.dir, mfds=args.mfds, seed=args.seed, users=args.users,
+                         lpd_mfds=args.lpd_mfds), reactor)
     status = {"code": 0}
 
     async def run() -> None:

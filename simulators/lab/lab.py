@@ -83,7 +83,7 @@ def make_users(seed: int, count: int = 10) -> list[dict[str, Any]]:
 
 def site_config_text(*, name: str, state_dir: Path, secrets_dir: Path, ipp_port: int,
                      api_port: int, mfds: list[dict[str, Any]], hold_hours: float,
-                     argon2_memory_kib: int) -> str:
+                     argon2_memory_kib: int, lpd_port: int | None = None) -> str:
     lines = [
         "# Written by `outpost lab up`: a site on loopback with simulated MFDs.",
         'role = "site"',
@@ -99,6 +99,7 @@ def site_config_text(*, name: str, state_dir: Path, secrets_dir: Path, ipp_port:
         'host = "127.0.0.1"',
         f"port = {api_port}",
         "",
+        *(["[lpd]", 'host = "127.0.0.1"', f"port = {lpd_port}", ""] if lpd_port else []),
         "[jobs]",
         f"hold_hours = {hold_hours}",
         "",
@@ -121,7 +122,11 @@ def site_config_text(*, name: str, state_dir: Path, secrets_dir: Path, ipp_port:
                   "# ...and over IPP (printer-state, printer-state-reasons), merged with SNMP.",
                   "[monitor]", "ipp_interval = 1.0", "ipp_timeout = 2.0", ""]
     for i, mfd in enumerate(mfds):
-        lines += ["[[devices]]", f'name = "{mfd["name"]}"', f'uri = "{mfd["ipp"]}"', ""]
+        if mfd.get("site_protocol") == "lpd":   # `--lpd-mfds`: the site prints to it over LPD
+            lines += ["[[devices]]", f'name = "{mfd["name"]}"', 'protocol = "lpd"',
+                      f'uri = "{mfd["lpd"]}"', ""]
+        else:
+            lines += ["[[devices]]", f'name = "{mfd["name"]}"', f'uri = "{mfd["ipp"]}"', ""]
         snmp = mfd.get("snmp")
         if snmp:
             # The first MFD is read over SNMPv3 (authPriv), the others over v2c: both get used.
@@ -206,6 +211,8 @@ class LabOptions:
     users: int = 10
     hold_hours: float = 24.0
     argon2_memory_kib: int = 65536
+    #: The last this many MFDs are configured at the site as LPD-only devices.
+    lpd_mfds: int = 0
 
 
 class Lab:
@@ -235,11 +242,13 @@ class Lab:
             output.mkdir(parents=True, exist_ok=True)
             state.mkdir(parents=True, exist_ok=True)
             mfd = SimulatedMfd(name, output, state, reactor=self.reactor)
-            mfd.listen("127.0.0.1", snmp_port=0)
+            mfd.listen("127.0.0.1", snmp_port=0, lpd_port=0)
             self.mfds.append(mfd)
             agent = mfd.snmp_agent
-            entries.append({"name": name, "ipp": mfd.ipp_uri, "output": str(output),
-                            "control": mfd.control_uri,
+            lpd_only = i > self.options.mfds - self.options.lpd_mfds
+            entries.append({"name": name, "ipp": mfd.ipp_uri, "lpd": mfd.lpd_uri,
+                            "site_protocol": "lpd" if lpd_only else "ipp",
+                            "output": str(output), "control": mfd.control_uri,
                             "snmp": {"host": "127.0.0.1", "port": mfd.snmp_port,
                                      "community": agent.community, "v3": dict(agent.v3)}})
         return entries
@@ -256,12 +265,14 @@ class Lab:
             ports = json.loads(ports_file.read_text())
         else:
             ports = {"ipp": free_port(), "device_api": free_port()}
-            write_atomically(ports_file, json.dumps(ports))
+        if "lpd" not in ports:   # a lab folder from before LPD: keep its ports, add one
+            ports["lpd"] = free_port()
+        write_atomically(ports_file, json.dumps(ports))
         config_path = site_dir / "site.toml"
         write_atomically(config_path, site_config_text(
             name=name, state_dir=state_dir, secrets_dir=secrets_dir, ipp_port=ports["ipp"],
             api_port=ports["device_api"], mfds=mfds, hold_hours=self.options.hold_hours,
-            argon2_memory_kib=self.options.argon2_memory_kib))
+            argon2_memory_kib=self.options.argon2_memory_kib, lpd_port=ports["lpd"]))
         users_file = self.dir / "lab-users.json"
         if users_file.exists():
             users = json.loads(users_file.read_text())
@@ -285,6 +296,8 @@ class Lab:
             "device_api": f"http://127.0.0.1:{ports['device_api']}/api/v1",
             "ipp_port": ports["ipp"],
             "device_api_port": ports["device_api"],
+            "lpd": f"lpd://127.0.0.1:{ports['lpd']}/findme",
+            "lpd_port": ports["lpd"],
             "mfds": [{**m, "queue": f"ipp://127.0.0.1:{ports['ipp']}/printers/{m['name']}"}
                      for m in mfds],
         }
@@ -313,8 +326,9 @@ class Lab:
         self._watch = task.LoopingCall(self.site.check)
         self._watch.clock = self.reactor
         self._watch.start(0.5, now=False)
-        ports = [site_entry["ipp_port"], site_entry["device_api_port"]]
+        ports = [site_entry["ipp_port"], site_entry["device_api_port"], site_entry["lpd_port"]]
         ports += [mfd.ipp_port for mfd in self.mfds] + [mfd.control_port for mfd in self.mfds]
+        ports += [mfd.lpd_port for mfd in self.mfds]
         await self.wait_ready(ports)
         self.endpoints = {
             "sites": [{**site_entry, "pid": self.site.pid}],

@@ -102,12 +102,13 @@ def port_open(port: int) -> bool:
 
 @contextmanager
 def running_lab(directory: Path, mfds: int = 2, env: dict[str, str] | None = None,
-                timeout: float = 120.0, users: int = 10) -> Iterator[RunningLab]:
+                timeout: float = 120.0, users: int = 10, lpd_mfds: int = 0) -> Iterator[RunningLab]:
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "lab.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "lab", "up", "--dir", str(directory), "--mfds",
-         str(mfds), "--users", str(users)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+         str(mfds), "--users", str(users), "--lpd-mfds", str(lpd_mfds)], stdout=log,
+        stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, **(env or {})}, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
