@@ -156,6 +156,12 @@ class ReleaseService:
             return JobResult(job.id, False, "device_unavailable", f"no device {device_name}")
         refusal = self.device_ready(device.name) if self.device_ready is not None else None
         if refusal:
+            if job.state == JobState.PENDING:
+                # A direct queue's job: held, as after a failed send, releasable elsewhere.
+                await self.store.update_job(
+                    job.id, expect_states=(JobState.PENDING,), state=JobState.HELD,
+                    state_reasons=("job-hold-until-specified",), state_message=refusal)
+                log.warning("direct job %d held: %s", job.id, refusal)
             return JobResult(job.id, False, "device_unavailable", refusal)
         job = await self.jobs.analysed(job)
         policy = self.policies(device.name)

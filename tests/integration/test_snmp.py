@@ -189,6 +189,19 @@ def test_a_jammed_mfd_is_refused_with_a_reason_and_the_job_releases_at_another(
         assert released["charged"] == 30
         (new,) = [p for p in outputs(lab, "mfd-2") if p not in already]
         assert sha256(new) == sha256(docs["mono3"])
+
+        # mfd-1's direct queue does not send to a jammed MFD either: the job is held
+        # (as after a failed send; IPP Release-Job can send it again).
+        print_file(lab.mfd("mfd-1")["queue"], "bob", docs["mono1"], job_name="direct-to-jammed")
+
+        def direct_job() -> tuple[str, str] | None:
+            with lab.db() as db:
+                row = db.execute("SELECT state, state_message FROM jobs WHERE owner = 'bob' "
+                                 "AND queue = 'mfd-1' ORDER BY id DESC").fetchone()
+            return tuple(row) if row is not None and row[0] != "pending" else None
+
+        assert wait_until(direct_job) == ("held", "mfd-1 is jammed")
+        assert len(outputs(lab, "mfd-1")) == jobs_at_mfd1
     finally:
         lab.set_fault("mfd-1", {"mode": "none"})
     wait_logged(lab, "device mfd-1: idle", after=mark)
@@ -197,6 +210,40 @@ def test_a_jammed_mfd_is_refused_with_a_reason_and_the_job_releases_at_another(
         counter_checks(lab, job["id"])))
     assert [(c["attempt"], c["device"], c["counter_delta"], c["impressions"], c["status"])
             for c in checks] == [(1, "mfd-1", 1, 1, "ok"), (2, "mfd-2", 3, 3, "ok")]
+
+
+def set_sensors(lab: RunningLab, mfd: str, body: dict[str, Any]) -> dict[str, Any]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{lab.mfd(mfd)['control']}/sensors",
+                                      data=json.dumps(body).encode(), method="POST",
+                                      headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+def test_an_open_door_is_refused_and_low_toner_is_not(lab: RunningLab,
+                                                      docs: dict[str, Path]) -> None:
+    print_file(lab.site["ipp"], "carol", docs["mono1"])
+    (job,) = wait_held_analysed(lab, "carol", 1)
+    mark = len(site_log(lab))
+    set_sensors(lab, "mfd-2", {"door_open": True})
+    try:
+        wait_logged(lab, "device mfd-2: door_open", after=mark)
+        with lab.panel("mfd-2", "carol") as panel:
+            refused = panel.release("all")
+        assert refused["error"] == {"code": "device_unavailable",
+                                    "message": "mfd-2 has a door open"}
+        assert [j["id"] for j in held(lab, "carol")] == [job["id"]]
+    finally:
+        set_sensors(lab, "mfd-2", {"door_open": False, "supplies": {"black": 4}})
+    wait_logged(lab, "device mfd-2: toner_low", after=mark)
+    with lab.panel("mfd-2", "carol") as panel:
+        released = panel.release("all")
+    assert released["ok"] and released["released"] == [job["id"]], "low toner is a warning"
+    set_sensors(lab, "mfd-2", {"supplies": {"black": 100}})
 
 
 # ---------------------------------------------------------------- a real snmpd
