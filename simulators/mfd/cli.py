@@ -241,6 +241,9 @@ def _register_mfd(subparsers: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--ipp-port", type=_non_negative_int, default=0)
     serve.add_argument("--control-port", type=_non_negative_int, default=0)
+    serve.add_argument("--snmp-port", type=_non_negative_int, default=None,
+                       help="also serve SNMP on this UDP port (0: any free one)")
+    serve.add_argument("--snmp-community", default=None, help="SNMPv2c community (public)")
     serve.add_argument("--page-delay", type=_non_negative_float, default=0.0,
                        help="seconds per impression (default 0)")
     serve.add_argument("--mono", action="store_true", help="a monochrome device")
@@ -315,9 +318,10 @@ def serve_command(args: argparse.Namespace) -> int:
         colour=not args.mono,
         page_delay=args.page_delay,
         reactor=reactor,
+        snmp_community=args.snmp_community,
     )
     try:
-        mfd.listen(args.host, args.ipp_port, args.control_port)
+        mfd.listen(args.host, args.ipp_port, args.control_port, snmp_port=args.snmp_port)
     except Exception as exc:  # CannotListenError and friends
         print(f"outpost sim mfd serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -328,6 +332,7 @@ def serve_command(args: argparse.Namespace) -> int:
         "control": mfd.control_uri,
         "ipp_port": mfd.ipp_port,
         "control_port": mfd.control_port,
+        **({"snmp_port": mfd.snmp_port} if mfd.snmp_port is not None else {}),
         "output": str(mfd.output_dir),
         "state": str(mfd.state_dir),
     })
