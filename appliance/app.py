@@ -160,7 +160,7 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
     )
     accounting = AccountingService(store=store, policies=policy_for)
     device_api = DeviceApi(auth=auth, jobs=jobs, release=release, accounting=accounting,
-                           devices=lambda: by_name.keys())
+                           devices=lambda: by_name.keys(), device_status=monitor.panel_json)
     return Site(config=config, reactor=reactor, database=database, store=store, spool=spool,
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
                 ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api,

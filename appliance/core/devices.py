@@ -152,6 +152,13 @@ class DeviceMonitor:
     def statuses(self) -> dict[str, DeviceStatus]:
         return {name: self.status(name) for name in self._views}
 
+    def panel_json(self, name: str) -> dict[str, Any]:
+        """What the device API shows a panel about its own device."""
+        status = self.status(name)
+        reason = self.refusal(name)
+        return {"state": status.state, "reasons": list(status.reasons), "ready": reason is None,
+                "reason": reason}
+
     def refusal(self, name: str) -> str | None:
         """For `ReleaseService(device_ready=...)`: why `name` cannot print now, or None."""
         if name not in self._views:

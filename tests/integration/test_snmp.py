@@ -172,6 +172,9 @@ def test_a_jammed_mfd_is_refused_with_a_reason_and_the_job_releases_at_another(
         alerts = walk(lab, "mfd-1", ALERT_DESCRIPTION, snmp_home)
         assert list(alerts.values()) == ['STRING: "Paper jam"']
         wait_logged(lab, "device mfd-1: jammed", after=mark)
+        with lab.panel("mfd-1", "bob") as panel:
+            assert panel.jobs()["device"] == {"state": "jammed", "reasons": ["jammed"],
+                                              "ready": False, "reason": "mfd-1 is jammed"}
 
         jobs_at_mfd1 = len(outputs(lab, "mfd-1"))
         with lab.panel("mfd-1", "bob") as panel:
