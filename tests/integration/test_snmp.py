@@ -20,7 +20,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from appliance.protocols.snmp.poller import SnmpPoller, SnmpTarget
+from appliance.protocols.snmp.poller import SnmpPoller, SnmpTarget, V3Credentials
 from simulators.lab.lab import free_port
 from simulators.lab.runner import RunningLab, outputs, sha256, wait_until
 from simulators.lab.workstation import print_file
@@ -263,6 +263,8 @@ def snmpd(tmp_path: Path) -> Iterator[int]:
     conf.write_text(
         f"agentAddress udp:127.0.0.1:{port}\n"
         "rocommunity public 127.0.0.1\n"
+        'createUser outpost SHA "outpost-auth-key" AES "outpost-priv-key"\n'
+        "rouser outpost priv\n"
         "sysDescr Outpost test snmpd\n"
         f"persistentDir {tmp_path}\n"
     )
@@ -297,8 +299,12 @@ def snmpd(tmp_path: Path) -> Iterator[int]:
 
 @pytest_twisted.ensureDeferred
 async def test_the_poller_reads_sysdescr_and_sysuptime_from_a_real_snmpd(snmpd: int) -> None:
+    v3 = V3Credentials("outpost", "outpost-auth-key", "outpost-priv-key")
     poller = SnmpPoller([SnmpTarget("snmpd", "127.0.0.1", snmpd, "public"),
-                         SnmpTarget("wrong", "127.0.0.1", snmpd, "private")],
+                         SnmpTarget("wrong", "127.0.0.1", snmpd, "private"),
+                         SnmpTarget("v3", "127.0.0.1", snmpd, None, v3),
+                         SnmpTarget("v3-wrong", "127.0.0.1", snmpd, None,
+                                    V3Credentials("outpost", "outpost-auth-key", "wrong-priv"))],
                         reactor=reactor, interval=0.2, timeout=0.5, retries=0)
     try:
         first = await poller.poll_once("snmpd")
@@ -312,5 +318,13 @@ async def test_the_poller_reads_sysdescr_and_sysuptime_from_a_real_snmpd(snmpd: 
         assert (first.state, first.page_count, first.reachable) == ("unknown", None, True)
         wrong = await poller.poll_once("wrong")
         assert wrong is not None and wrong.reasons == ("no_response",)
+        # SNMPv3 authPriv (SHA + AES-128) with net-snmp's USM, and wrong keys.
+        over_v3 = await poller.poll_once("v3")
+        assert over_v3 is not None and over_v3.sys_descr == "Outpost test snmpd", over_v3
+        assert over_v3.sys_uptime is not None and over_v3.sys_uptime >= second.sys_uptime
+        refused = await poller.poll_once("v3-wrong")
+        assert refused is not None and refused.sys_descr is None
+        # (net-snmp drops what it cannot decrypt: no report, so the poller sees silence)
+        assert refused.reasons in (("snmp_auth_failed",), ("no_response",)), refused
     finally:
         await poller.stop()
