@@ -133,6 +133,8 @@ class FakeDevices:
         mode = self.mode.get(target.name, "ok")
         if mode == "silent":
             return defer.Deferred()  # never answers: the poller's guard must time it out
+        if mode == "boom":
+            return defer.fail(RuntimeError("cannot resolve printer.invalid"))
         if mode == "auth":
             return defer.fail(PollFailed("snmp_auth_failed", "Wrong SNMP PDU digest"))
         if mode == "bad":
@@ -234,3 +236,18 @@ def test_stop_cancels_what_is_out_and_schedules_nothing() -> None:
     assert devices.asked["quiet"] == [0.0]
     assert seen == []
     assert not clock.getDelayedCalls()
+
+
+def test_an_unexpected_error_is_logged_once_and_polling_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = task.Clock()
+    devices = FakeDevices(clock)
+    devices.mode["odd"] = "boom"
+    poller, _ = make_poller(["odd"], clock, devices, interval=1.0)
+    poller.start()
+    for _ in range(55):
+        clock.advance(0.1)
+    track = poller.tracks["odd"]
+    assert track.polls == 6 and track.reading.reasons == ("snmp_error",)
+    assert track.last_error == "RuntimeError: cannot resolve printer.invalid"
+    assert sum("Traceback" in r.getMessage() for r in caplog.records) == 1

@@ -488,6 +488,8 @@ class SnmpPoller:
             reason, message = "snmp_malformed", str(error)
         else:
             reason, message = "snmp_error", f"{type(error).__name__}: {error}"
+        changed = track.reading is None or track.reading.error != message
+        if changed and reason == "snmp_error":
             log.warning("polling %s failed: %s", track.target.name, failure.getTraceback())
         track.last_error = message
         if reason == "no_response":
@@ -500,7 +502,7 @@ class SnmpPoller:
             track.failures = 0
             track.delay = self.interval
             reading = SnmpReading("unknown", (reason,), reachable=True, error=message)
-        if track.reading is None or track.reading.error != message:
+        if changed:  # once per new kind of trouble, not every interval
             log.warning("SNMP poll of %s: %s (%s)", track.target.name, reason, message)
         return self._record(track, reading)
 
