@@ -141,6 +141,29 @@ class Sensors:
     supplies: list[Supply] = field(default_factory=list)
 
 
+class GuardedUdpTransport(udp.UdpAsyncioTransport):
+    """pysnmp's UDP transport, except that a datagram pysnmp trips over is dropped and counted.
+
+    Some garbage makes pyasn1 raise TypeError, which pysnmp does not catch: it would
+    surface as an asyncio "Exception in callback" log line per datagram.
+    """
+
+    dropped = 0
+
+    def datagram_received(self, datagram: bytes, transportAddress: Any) -> None:
+        callback = self._callback_function
+        if callback is None:
+            return
+
+        def deliver() -> None:
+            try:
+                callback(self, transportAddress, datagram)
+            except Exception:
+                self.dropped += 1
+
+        self.loop.call_soon(deliver)
+
+
 class MfdMib(AbstractMibInstrumController):
     """Read-only MIB instrumentation over a snapshot function (OID -> value, rebuilt per request)."""
 
@@ -211,6 +234,7 @@ class MfdSnmpAgent:
         self._started = time.monotonic()
         self._engine: Any = None
         self._socket: socket.socket | None = None
+        self._transport: GuardedUdpTransport | None = None
         self.mib = MfdMib(self.snapshot)
         self.port: int | None = None
 
@@ -379,7 +403,8 @@ class MfdSnmpAgent:
         self._socket = sock
         self.port = sock.getsockname()[1]
         snmp = engine.SnmpEngine(snmpEngineID=rfc1902.OctetString(self.engine_id()))
-        config.add_transport(snmp, udp.DOMAIN_NAME, udp.UdpTransport().open_server_mode(sock=sock))
+        self._transport = GuardedUdpTransport().open_server_mode(sock=sock)
+        config.add_transport(snmp, udp.DOMAIN_NAME, self._transport)
         view = (1, 3, 6, 1)
         config.add_v1_system(snmp, "lab-community", self.community)
         for model in (1, 2):  # SNMPv1, SNMPv2c
@@ -399,6 +424,11 @@ class MfdSnmpAgent:
             responder(snmp, snmp_context)
         self._engine = snmp
         return self.port
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams that were not SNMP pysnmp could handle."""
+        return self._transport.dropped if self._transport is not None else 0
 
     def close(self) -> None:
         if self._engine is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from pysnmp.proto import rfc1902
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 
 from appliance.protocols.snmp.poller import SnmpPoller, SnmpTarget, V3Credentials
 from simulators.mfd.printer import SimulatedMfd
@@ -177,16 +177,27 @@ async def test_wrong_credentials_get_nothing_and_hold_up_nobody(
 
 
 class Garbage(protocol.DatagramProtocol):
-    """A 'device' that answers every datagram with bytes that are not SNMP."""
+    """A 'device' that answers every datagram with bytes that are not SNMP (or mangled SNMP)."""
+
+    def __init__(self) -> None:
+        import random
+
+        self.rng = random.Random(7)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None
         self.transport.write(b"\x30\x03\x02\x01" + data[:5], addr)
+        self.transport.write(self.rng.randbytes(self.rng.randrange(1, 64)), addr)
+        mangled = bytearray(data)
+        for _ in range(3):
+            mangled[self.rng.randrange(len(mangled))] = self.rng.randrange(256)
+        self.transport.write(bytes(mangled), addr)
 
 
 @ensure
 async def test_malformed_answers_do_not_stall_the_poller(
-        make_mfd: Callable[..., SimulatedMfd], pollers: Callable[..., SnmpPoller]) -> None:
+        make_mfd: Callable[..., SimulatedMfd], pollers: Callable[..., SnmpPoller],
+        caplog: pytest.LogCaptureFixture) -> None:
     mfd = make_mfd()
     garbage = reactor.listenUDP(0, Garbage(), interface="127.0.0.1")
     try:
@@ -210,6 +221,7 @@ async def test_malformed_answers_do_not_stall_the_poller(
         assert "hrPrinterStatus" in tracks["lying"].last_error
         assert tracks["good"].reading.state == "idle"
         assert tracks["good"].answered >= tracks["garbage"].polls
+        assert not [r for r in caplog.records if "Exception in callback" in r.getMessage()]
     finally:
         await garbage.stopListening()
 
@@ -247,3 +259,29 @@ async def test_the_control_api_sets_the_sensors(make_mfd: Callable[..., Simulate
         await answer.content()
     answer = await treq.get(url, persistent=False)
     assert json.loads(await answer.content())["door_open"] is True
+
+
+@ensure
+async def test_the_agent_shrugs_off_garbage(make_mfd: Callable[..., SimulatedMfd],
+                                            pollers: Callable[..., SnmpPoller]) -> None:
+    import random
+
+    mfd = make_mfd()
+    rng = random.Random(6)
+    valid = bytes.fromhex("302602010104067075626c6963a0190204")  # a v2c GET, cut short
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(300):
+            if i % 3 == 0:
+                data = rng.randbytes(rng.randrange(1, 200))
+            elif i % 3 == 1:
+                data = valid[: rng.randrange(1, len(valid))]
+            else:
+                data = bytearray(valid + bytes(8))
+                data[rng.randrange(len(data))] = rng.randrange(256)
+                data = bytes(data)
+            s.sendto(data, ("127.0.0.1", mfd.snmp_port))
+            if i % 20 == 19:  # let the agent read: a full receive buffer would drop our poll
+                await task.deferLater(reactor, 0.01, lambda: None)
+    reading = await pollers([v2(mfd)]).poll_once("v2")
+    assert reading is not None and reading.state == "idle" and reading.page_count == 0
+    assert mfd.snmp_agent.dropped > 0, "some garbage trips pysnmp: dropped, not raised"

@@ -246,6 +246,39 @@ def _failure_reason(indication: Any) -> str:
     return "snmp_error"
 
 
+def _guarded_target_class() -> Any:
+    """pysnmp's UdpTransportTarget whose transport drops (and counts) what pysnmp trips over.
+
+    Some malformed datagrams make pyasn1 raise TypeError, which pysnmp does not
+    catch: it would surface as an asyncio "Exception in callback" per datagram.
+    """
+    from pysnmp.carrier.asyncio.dgram import udp
+    from pysnmp.hlapi.v3arch.asyncio import UdpTransportTarget
+
+    class GuardedUdpTransport(udp.UdpAsyncioTransport):
+        dropped = 0
+
+        def datagram_received(self, datagram: bytes, transportAddress: Any) -> None:
+            callback = self._callback_function
+            if callback is None:
+                return
+
+            def deliver() -> None:
+                try:
+                    callback(self, transportAddress, datagram)
+                except Exception:
+                    self.dropped += 1
+                    log.debug("dropped an SNMP datagram from %s that pysnmp could not handle",
+                              transportAddress)
+
+            self.loop.call_soon(deliver)
+
+    class GuardedUdpTransportTarget(UdpTransportTarget):
+        PROTO_TRANSPORT = GuardedUdpTransport
+
+    return GuardedUdpTransportTarget
+
+
 class PysnmpFetcher:
     """Does the SNMP requests of a poller.
 
@@ -258,6 +291,7 @@ class PysnmpFetcher:
         self.timeout = timeout
         self.retries = retries
         self._engines: dict[V3Credentials | None, Any] = {}
+        self._target_class: Any = None
         self._targets: dict[tuple[V3Credentials | None, str, int, float, int], Any] = {}
 
     def engine(self, target: SnmpTarget) -> Any:
@@ -283,12 +317,12 @@ class PysnmpFetcher:
         return hl.CommunityData(target.community or "public", mpModel=1)
 
     async def _transport(self, target: SnmpTarget, timeout: float, retries: int) -> Any:
-        from pysnmp.hlapi.v3arch.asyncio import UdpTransportTarget
-
+        if self._target_class is None:
+            self._target_class = _guarded_target_class()
         key = (target.v3, target.host, target.port, timeout, retries)
         transport = self._targets.get(key)
         if transport is None:
-            transport = await UdpTransportTarget.create((target.host, target.port),
+            transport = await self._target_class.create((target.host, target.port),
                                                         timeout=timeout, retries=retries)
             self._targets[key] = transport
         return transport
