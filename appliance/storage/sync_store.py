@@ -373,7 +373,8 @@ def snapshot_sync(db: sqlite_utils.Database) -> tuple[list[Change], int]:
     for r in _q(db, "SELECT name, body FROM cost_policies ORDER BY name"):
         out.append(Change(token, "cost_policy", r["name"], {
             "name": r["name"], "policy": json.loads(r["body"])}))
-    for r in _q(db, "SELECT l.*, a.name AS account, a.kind AS account_kind FROM ledger l "
+    for r in _q(db, "SELECT l.*, a.name AS account, a.kind AS account_kind, "
+                    "json_object('v', l.created_at) AS created_json FROM ledger l "
                     "JOIN accounts a ON a.id = l.account_id ORDER BY l.id"):
         global_id = r["entry_id"] if r["origin"] is not None else f"{name}/{r['entry_id']}"
         out.append(Change(token, "ledger", global_id, {
@@ -381,7 +382,9 @@ def snapshot_sync(db: sqlite_utils.Database) -> tuple[list[Change], int]:
             "account_kind": r["account_kind"], "amount": r["amount"], "kind": r["kind"],
             "source": r["source"], "device": r["device"], "impressions": r["impressions"],
             "colour": r["colour"], "body": json.loads(r["body"]),
-            "created_at": r["created_at"]}))
+            # As json_object renders a REAL (15 digits, its own rounding), so that the
+            # snapshot and the trigger-written change log agree to the bit.
+            "created_at": json.loads(r["created_json"])["v"]}))
     return out, token
 
 
