@@ -55,21 +55,30 @@ def test_kill_9_after_an_acknowledged_charge_keeps_it_exactly_once(lab, docs):
 
 # ---------------------------------------------------------------- the order, under strace
 
-FSYNC = re.compile(r"^(\d+)\s+(?:\S+\s+)?f(?:data)?sync\((\d+)<([^>]*)>\)\s+=\s+0")
-SEND = re.compile(r"^(\d+)\s+(?:\S+\s+)?(?:sendto|write|sendmsg|writev)\((\d+)<TCP:\[[^\]]*:(\d+)->"
+FSYNC = re.compile(r"^(\d+)\s+f(?:data)?sync\((\d+)<([^>]*)>\)\s+=\s+0")
+FSYNC_STARTED = re.compile(r"^(\d+)\s+f(?:data)?sync\((\d+)<([^>]*)> <unfinished \.\.\.>")
+FSYNC_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. f(?:data)?sync resumed>\)\s+=\s+0")
+SEND = re.compile(r"^(\d+)\s+(?:sendto|write|sendmsg|writev)\((\d+)<TCP:\[[^\]]*:(\d+)->"
                   r"[^\]]*\]>,\s+\"HTTP/1\.1 (\d+)")
 
 
 def parse_trace(path):
-    """Events in the order strace logged them: ('fsync', path) and ('answer', port, status)."""
+    """Completed events in the order strace logged them: ('fsync', path) when the fsync
+    returned, and ('answer', port, status) when the answer's first bytes were sent.
+
+    Threads interleave: strace splits a call as `<unfinished ...>` and `<... resumed>`;
+    an fsync counts where it finished.
+    """
     events = []
+    pending: dict[str, str] = {}
     for line in path.read_text(errors="replace").splitlines():
-        m = FSYNC.match(line)
-        if m:
+        if m := FSYNC.match(line):
             events.append(("fsync", m.group(3)))
-            continue
-        m = SEND.match(line)
-        if m:
+        elif m := FSYNC_STARTED.match(line):
+            pending[m.group(1)] = m.group(3)
+        elif (m := FSYNC_RESUMED.match(line)) and m.group(1) in pending:
+            events.append(("fsync", pending.pop(m.group(1))))
+        elif m := SEND.match(line):
             events.append(("answer", int(m.group(3)), int(m.group(4))))
     return events
 
