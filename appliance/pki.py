@@ -179,7 +179,8 @@ def server_options(ca_file: Path, cert_file: Path, key_file: Path) -> Any:
     ca, own = _load(ca_file, cert_file, key_file)
     return ssl.CertificateOptions(
         privateKey=own.privateKey.original, certificate=own.original,
-        trustRoot=ssl.trustRootFromCertificates([ca]), requireCertificate=True,
+        # A trust root makes OpenSSL require and verify the client certificate.
+        trustRoot=ssl.trustRootFromCertificates([ca]),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
