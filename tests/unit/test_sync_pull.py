@@ -38,7 +38,10 @@ def balance(node, account):
     return node.database.run_sync(work)
 
 
-async def api_get(primary, path, query="", identity=Identity("site", "site-a")):
+SITE_A = Identity("site", "site-a")
+
+
+async def api_get(primary, path, query="", identity=SITE_A):
     status, body = await primary.api.handle("GET", path, query, b"", identity)
     return status, json.loads(body)
 
