@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 
 import pytest
@@ -83,7 +82,6 @@ def parse_trace(path):
     return events
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="make setup installs strace")
 def test_fsyncs_come_before_every_acknowledgement(tmp_path, docs):
     trace = tmp_path / "site.trace"
     prefix = (f"strace -f -qq -o {trace} -yy -s 48 "
