@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -214,3 +215,47 @@ def test_rlpq_and_rlprm(lab: RunningLab, docs: dict[str, Path]) -> None:
         states = dict(db.execute("SELECT id, state FROM jobs WHERE id IN (?, ?)",
                                  (mine, franks)).fetchall())
     assert states == {mine: "canceled", franks: "held"}
+
+
+# ---------------------------------------------------------------- durability, under strace
+
+LPD_ACK = re.compile(r'^(\d+)\s+(?:sendto|write|sendmsg|writev)\((\d+)<TCP:\[[^\]]*:(\d+)->'
+                     r'[^\]]*\]>,\s+"\\0"')
+
+
+@needs_rlpr
+@pytest.mark.skipif(shutil.which("strace") is None, reason="make setup installs strace")
+def test_the_last_lpd_acknowledgement_follows_the_fsyncs(tmp_path: Path,
+                                                         docs: dict[str, Path]) -> None:
+    """rlpr: control file, then data file. The data file's acknowledgement (the 5th octet
+    written on the LPD connection) comes after the spool file, its folder and the WAL
+    were fsync'd; the four before it come before any of those."""
+    from tests.integration.test_durability import FSYNC, FSYNC_RESUMED, FSYNC_STARTED
+
+    trace = tmp_path / "site.trace"
+    prefix = (f"strace -f -qq -o {trace} -yy -s 48 "
+              "-e trace=fsync,fdatasync,sendto,write,sendmsg,writev")
+    with running_lab(tmp_path / "lab", mfds=1, env={"OUTPOST_LAB_SITE_PREFIX": prefix}) as lab:
+        out = rlpr(lab, docs["mono1"], "-U", "alice")
+        assert out.returncode == 0, out.stderr
+        lpd_port = lab.site["lpd_port"]
+    events: list[tuple[str, str]] = []
+    pending: dict[str, str] = {}
+    for line in trace.read_text(errors="replace").splitlines():
+        if m := FSYNC.match(line):
+            events.append(("fsync", m.group(3)))
+        elif m := FSYNC_STARTED.match(line):
+            pending[m.group(1)] = m.group(3)
+        elif (m := FSYNC_RESUMED.match(line)) and m.group(1) in pending:
+            events.append(("fsync", pending.pop(m.group(1))))
+        elif (m := LPD_ACK.match(line)) and int(m.group(3)) == lpd_port:
+            events.append(("ack", ""))
+    acks = [i for i, e in enumerate(events) if e[0] == "ack"]
+    assert len(acks) == 5, events
+    synced = [e[1] for e in events[acks[3]:acks[4]] if e[0] == "fsync"]
+    doc = next(i for i, p in enumerate(synced) if "/spool/" in p and p.endswith((".doc", ".part")))
+    folder = next(i for i, p in enumerate(synced) if p.endswith("/spool") and i > doc)
+    wal = next(i for i, p in enumerate(synced) if p.endswith("outpost.sqlite3-wal") and i > folder)
+    assert doc < folder < wal
+    before = [e[1] for e in events[:acks[3]] if e[0] == "fsync" and "/spool/" in e[1]]
+    assert before == [], "nothing of this job was made durable before its data arrived"
