@@ -244,6 +244,8 @@ def _register_mfd(subparsers: Any) -> None:
     serve.add_argument("--snmp-port", type=_non_negative_int, default=None,
                        help="also serve SNMP on this UDP port (0: any free one)")
     serve.add_argument("--snmp-community", default=None, help="SNMPv2c community (public)")
+    serve.add_argument("--lpd-port", type=_non_negative_int, default=None,
+                       help="also serve LPD (RFC 1179) on this TCP port (0: any free one)")
     serve.add_argument("--page-delay", type=_non_negative_float, default=0.0,
                        help="seconds per impression (default 0)")
     serve.add_argument("--mono", action="store_true", help="a monochrome device")
@@ -321,7 +323,8 @@ def serve_command(args: argparse.Namespace) -> int:
         snmp_community=args.snmp_community,
     )
     try:
-        mfd.listen(args.host, args.ipp_port, args.control_port, snmp_port=args.snmp_port)
+        mfd.listen(args.host, args.ipp_port, args.control_port, snmp_port=args.snmp_port,
+                   lpd_port=args.lpd_port)
     except Exception as exc:  # CannotListenError and friends
         print(f"outpost sim mfd serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -333,6 +336,7 @@ def serve_command(args: argparse.Namespace) -> int:
         "ipp_port": mfd.ipp_port,
         "control_port": mfd.control_port,
         **({"snmp_port": mfd.snmp_port} if mfd.snmp_port is not None else {}),
+        **({"lpd": mfd.lpd_uri, "lpd_port": mfd.lpd_port} if mfd.lpd_port is not None else {}),
         "output": str(mfd.output_dir),
         "state": str(mfd.state_dir),
     })
