@@ -59,8 +59,10 @@ def serve_command(args: argparse.Namespace) -> int:
     from twisted.internet import reactor as installed
 
     from appliance.app import build_site
+    from appliance.systemd import Notifier
 
     reactor: Any = installed
+    notifier = Notifier.from_environment()  # a no-op unless run by systemd (Type=notify)
 
     _setup_logging(config.log_level)
     log = logging.getLogger("outpost")
@@ -77,9 +79,13 @@ def serve_command(args: argparse.Namespace) -> int:
         log.info("%s %s serving: %s", config.role, config.name,
                  ", ".join(f"{name} port {port}" for name, port in ports.items()))
         print(json.dumps({"event": "serving", "name": config.name, **ports}), flush=True)
+        notifier.ready(f"{config.role} {config.name} serving")
+
+    start_failures: list[Any] = []
 
     def failed(failure: Any) -> None:
         log.error("start-up failed: %s", failure.getTraceback())
+        start_failures.append(failure)  # exit non-zero, so that Restart=on-failure retries
         reactor.stop()
 
     def stop(signum: int, frame: Any) -> None:
@@ -87,12 +93,14 @@ def serve_command(args: argparse.Namespace) -> int:
         reactor.callFromThread(reactor.stop)
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(start()).addErrback(failed))
+    reactor.callWhenRunning(notifier.start_watchdog, reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(site.stop()))
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     reactor.run(installSignalHandlers=False)
-    return 0
+    return 1 if start_failures else 0
 
 
 def import_users(config_path: Path, users: list[dict[str, Any]]) -> int:
