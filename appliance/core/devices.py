@@ -152,8 +152,10 @@ class DeviceMonitor:
     def statuses(self) -> dict[str, DeviceStatus]:
         return {name: self.status(name) for name in self._views}
 
-    def panel_json(self, name: str) -> dict[str, Any]:
-        """What the device API shows a panel about its own device."""
+    def panel_json(self, name: str) -> dict[str, Any] | None:
+        """What the device API shows a panel about its own device (None: not watched)."""
+        if name not in self._views:
+            return None
         status = self.status(name)
         reason = self.refusal(name)
         return {"state": status.state, "reasons": list(status.reasons), "ready": reason is None,

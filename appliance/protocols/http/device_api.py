@@ -57,7 +57,7 @@ class DeviceApi(resource.Resource):
     def __init__(
         self, *, auth: AuthService, jobs: PrintService, release: ReleaseService,
         accounting: AccountingService, devices: Callable[[], Collection[str]],
-        device_status: Callable[[str], dict[str, Any]] | None = None,
+        device_status: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         super().__init__()
         #: The device's merged state (core/devices.py), shown with the held jobs.
@@ -216,8 +216,9 @@ class DeviceApi(resource.Resource):
     async def list_jobs(self, session: Session, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         held = await self.jobs.held_for(session.username)
         answer: dict[str, Any] = {"ok": True, "jobs": [self._job_json(j) for j in held]}
-        if self.device_status is not None:
-            answer["device"] = self.device_status(session.device)
+        status = self.device_status(session.device) if self.device_status is not None else None
+        if status is not None:
+            answer["device"] = status
         return 200, answer
 
     async def release_jobs(self, session: Session, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
