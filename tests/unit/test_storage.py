@@ -120,3 +120,36 @@ async def test_card_lookup_uses_the_index(store):
         "WHERE i.kind = 'card' AND i.lookup = ?", ("x",)).fetchall())
     text = " ".join(str(tuple(r)) for r in plan)
     assert "identities_card_lookup" in text and "SCAN" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_commit_shares_transactions_and_isolates_a_failing_request(tmp_path):
+    from twisted.internet import defer
+
+    database = Database(tmp_path / "group.db", reactor)
+    database.open()
+    try:
+        def insert(i):
+            def work(db):
+                if i == 7:
+                    db.conn.execute("INSERT INTO accounts (name, kind, created_at) "
+                                    "VALUES ('a7', 'shared', 0)")
+                    raise ValueError("request 7 fails after writing")
+                db.conn.execute("INSERT INTO accounts (name, kind, created_at) VALUES (?, ?, 0)",
+                                (f"a{i}", "shared"))
+                return i
+            return work
+
+        results = await defer.DeferredList([database.run(insert(i)) for i in range(200)],
+                                           consumeErrors=True)
+        ok = [value for success, value in results if success]
+        failed = [value for success, value in results if not success]
+        assert ok == [i for i in range(200) if i != 7]
+        assert len(failed) == 1 and failed[0].check(ValueError)
+        names = database.run_sync(lambda db: {r[0] for r in db.conn.execute(
+            "SELECT name FROM accounts")})
+        assert names == {f"a{i}" for i in range(200) if i != 7}, "7 rolled back alone"
+        transactions, requests = database.stats
+        assert requests == 200 and transactions < 200, "concurrent requests shared commits"
+    finally:
+        database.close()
