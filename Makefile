@@ -28,7 +28,7 @@ test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
 lint: setup
-	$(VENV)/bin/ruff check appliance simulators tests
+	$(VENV)/bin/ruff check appliance simulators tests benchmarks scripts
 	$(VENV)/bin/mypy appliance simulators
 
 bench: setup
