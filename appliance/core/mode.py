@@ -60,6 +60,14 @@ class LinkMode:
     def subscribe(self, listener: Callable[[Transition], None]) -> None:
         self._listeners.append(listener)
 
+    def restore(self, state: Mode, since: float) -> None:
+        """Continue an outage persisted before a restart: the site comes back OFFLINE
+        (and needs its K answers) instead of STARTING, and the outage keeps its start."""
+        if state is Mode.OFFLINE and self.state is Mode.STARTING:
+            log.warning("sync: resuming the outage that began at %.1f: site OFFLINE", since)
+            self.state = Mode.OFFLINE
+            self.since = since
+
     def record(self, ok: bool) -> Transition | None:
         """One heartbeat outcome; returns the transition it caused, if any."""
         if ok:

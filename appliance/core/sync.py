@@ -28,6 +28,8 @@ from twisted.python.failure import Failure
 
 from appliance.core.mode import LinkMode, Mode, Transition
 from appliance.storage.sync_store import (
+    MODE,
+    MODE_SINCE,
     NAME,
     PULL_TOKEN,
     Change,
@@ -319,13 +321,29 @@ class SiteSync:
         self.pull_limit = pull_limit
         self.stats = SyncStats()
         self._pending_outage: tuple[float, float] | None = None
+        self._restored = False
+        self._unsaved: Transition | None = None
         self._loop: task.LoopingCall | None = None
         self._ticking: defer.Deferred[None] | None = None
         mode.subscribe(self._on_transition)
 
     def _on_transition(self, transition: Transition) -> None:
+        self._unsaved = transition
         if transition.outage_started is not None:
             self._pending_outage = (transition.outage_started, transition.at)
+
+    async def _restore_mode(self) -> None:
+        """An outage outlives a restart: the mode and its start are kept in sync_state."""
+        self._restored = True
+        state, since = await self.store.state(MODE), await self.store.state(MODE_SINCE)
+        if state == Mode.OFFLINE.value and since:
+            self.mode.restore(Mode.OFFLINE, float(since))
+
+    async def _save_mode(self) -> None:
+        transition, self._unsaved = self._unsaved, None
+        if transition is not None:
+            await self.store.set_states({MODE: transition.after.value,
+                                         MODE_SINCE: repr(transition.at)})
 
     # -- lifecycle
 
@@ -357,7 +375,10 @@ class SiteSync:
     # -- one tick
 
     async def tick(self) -> None:
+        if not self._restored:
+            await self._restore_mode()
         ok = await self.heartbeat()
+        await self._save_mode()
         if not ok or not self.mode.online:
             return
         if self._pending_outage is not None:

@@ -30,6 +30,8 @@ ROLE = "role"
 NAME = "name"
 PULL_TOKEN = "pull_token"
 PUSH_CHECKPOINT = "push_checkpoint"
+MODE = "mode"
+MODE_SINCE = "mode_since"
 
 
 def _now() -> float:
@@ -429,6 +431,13 @@ class SyncStore:
 
     async def set_state(self, key: str, value: str) -> None:
         await self.database.run(lambda db: set_state_sync(db, key, value))
+
+    async def set_states(self, values: dict[str, str]) -> None:
+        def work(db: sqlite_utils.Database) -> None:
+            for key, value in values.items():
+                set_state_sync(db, key, value)
+
+        await self.database.run(work)
 
     async def outbox_batch(self, limit: int) -> list[OutboxEvent]:
         return await self.database.run(lambda db: outbox_batch_sync(db, limit))

@@ -145,3 +145,39 @@ async def test_the_site_syncs_only_online_and_reports_its_outage(tmp_path):
 async def _settle(site):
     while site.sync._ticking is not None:
         await site.sync._ticking
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_outlives_a_restart_of_the_site(tmp_path):
+    clock = task.Clock()
+    primary = make_primary(tmp_path, clock)
+    site = make_site(tmp_path, primary, clock=clock, misses=2, successes=2)
+    try:
+        await site.sync.tick()
+        site.transport.down = True
+        for _ in range(2):
+            clock.advance(5)
+            await site.sync.tick()
+        went_offline = clock.seconds()
+        assert site.mode.state is Mode.OFFLINE
+        site.charge(7)
+    finally:
+        close(site)
+    clock.advance(60)                              # restarted a minute later, link still down
+    site = make_site(tmp_path, primary, clock=clock, misses=2, successes=2)
+    try:
+        site.transport.down = True
+        await site.sync.tick()
+        assert site.mode.state is Mode.OFFLINE, "not STARTING: the outage goes on"
+        site.transport.down = False
+        clock.advance(5)
+        await site.sync.tick()
+        assert site.mode.state is Mode.OFFLINE, "and it still needs K answers"
+        clock.advance(5)
+        await site.sync.tick()
+        assert site.mode.online
+        assert site.mode.history[-1].outage_started == went_offline
+        report = (await primary.store.rows("outage_reports"))[0]
+        assert report["started_at"] == went_offline and report["events_merged"] == 7
+    finally:
+        close(site, primary)
