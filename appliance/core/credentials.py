@@ -65,13 +65,77 @@ def dummy_check(hasher: PasswordHasher, dummy_verifier: str) -> bool:
     return False
 
 
-def normalise_card(card: str) -> str:
-    """The canonical form of a card number before hashing: trimmed, no separators.
+CARD_FORMATS = ("raw", "decimal", "hex", "hex-reversed")
 
-    Per-device reader rules (hex, byte order, facility codes) come with the
-    directory and credentials work; this is the common denominator.
+
+@dataclass(frozen=True)
+class CardRule:
+    """How one device's reader reports a card, and how to get the card's one number.
+
+    - `format`: `raw` (the default: the text as read, trimmed, without separators,
+      upper case), `decimal` (a decimal number), `hex` (a hexadecimal number, most
+      significant byte first), `hex-reversed` (hexadecimal, least significant byte
+      first, as some readers send the UID).
+    - `strip_facility`: keep only the low `number_bits` bits (a Wiegand-26 reader
+      sends facility code << 16 | card number; the card number is what users own).
+    - Every rule but `raw` yields the number in decimal, zero-padded to `digits`
+      (10 by default, the common printed form: "0004123456"), so that a decimal
+      reader and a hex reader of the same card give the same canonical text and
+      therefore the same HMAC.
     """
-    return "".join(ch for ch in card.strip() if ch not in " -:").upper()
+
+    format: str = "raw"
+    strip_facility: bool = False
+    number_bits: int = 16
+    digits: int = 10
+
+    def __post_init__(self) -> None:
+        if self.format not in CARD_FORMATS:
+            raise ValueError(f"card format must be one of {', '.join(CARD_FORMATS)}")
+        if self.strip_facility and self.format == "raw":
+            raise ValueError("strip_facility needs a numeric card format (decimal, hex, ...)")
+        if not 1 <= self.number_bits <= 128 or not 1 <= self.digits <= 40:
+            raise ValueError("number_bits must be 1..128 and digits 1..40")
+
+
+RAW_CARDS = CardRule()
+
+
+class CardFormatError(ValueError):
+    """What the reader sent is not a card number in the device's format."""
+
+
+def normalise_card(card: str, rule: CardRule | None = None) -> str:
+    """The canonical form of a card number before hashing.
+
+    Without a rule (or with `raw`): trimmed, no separators, upper case. With a
+    device's rule: the card's number in decimal (see `CardRule`).
+    """
+    text = "".join(ch for ch in card.strip() if ch not in " -:").upper()
+    if rule is None or rule.format == "raw":
+        return text
+    if not text or len(text) > 64:
+        raise CardFormatError("card number is empty or too long")
+    try:
+        if rule.format == "decimal":
+            if not text.isdigit() or not text.isascii():
+                raise ValueError(text)
+            value = int(text, 10)
+        else:
+            if text.startswith("0X"):
+                text = text[2:]
+            if not text or any(ch not in "0123456789ABCDEF" for ch in text):
+                raise ValueError(text)
+            if rule.format == "hex-reversed":
+                if len(text) % 2:
+                    text = "0" + text
+                text = "".join(reversed([text[i:i + 2] for i in range(0, len(text), 2)]))
+            value = int(text, 16)
+    except ValueError:
+        raise CardFormatError(f"not a {rule.format} card number") from None
+    if rule.strip_facility:
+        value &= (1 << rule.number_bits) - 1
+    return f"{value:0{rule.digits}d}"
 
 
 class CardKey:
@@ -102,8 +166,10 @@ class CardKey:
         os.replace(temp, path)
         return cls(key)
 
-    def lookup(self, card: str) -> str:
-        return hmac.new(self._key, normalise_card(card).encode(), hashlib.sha256).hexdigest()
+    def lookup(self, card: str, rule: CardRule | None = None) -> str:
+        """HMAC-SHA256 of the card's canonical number (`rule`: the reader's device rule)."""
+        return hmac.new(self._key, normalise_card(card, rule).encode(),
+                        hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:  # never print the key
         return "CardKey(<secret>)"
@@ -177,6 +243,9 @@ class Session:
     device: str
     created_at: float
     last_seen: float
+    #: How the session was opened: 'card', 'card+pin', 'pin', 'password' ('' if unknown).
+    #: Linking a new card needs a 'password' session.
+    method: str = ""
 
 
 class SessionTable:
@@ -196,10 +265,11 @@ class SessionTable:
         self._sessions: dict[str, Session] = {}
 
     def open(self, *, user_id: int, username: str, full_name: str, account_id: int,
-             device: str) -> Session:
+             device: str, method: str = "") -> Session:
         now = self.clock()
         token = secrets.token_urlsafe(32)
-        session = Session(token, user_id, username, full_name, account_id, device, now, now)
+        session = Session(token, user_id, username, full_name, account_id, device, now, now,
+                          method)
         self._sessions[token] = session
         self._expire(now)
         return session
