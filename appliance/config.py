@@ -11,7 +11,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from appliance.config_auth import (
+    DEVICE_AUTH_KEYS,
+    IPP_SECURITY_KEYS,
+    DirectoryConfig,
+    IppSecurityConfig,
+    check_basic_needs_tls,
+    parse_device_auth,
+    parse_directory,
+    parse_ipp_security,
+)
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
+from appliance.core.credentials import CardRule
 from appliance.protocols.lpd.parser import parse_lpd_uri
 
 DEFAULT_IPP_PORT = 8631
@@ -100,6 +111,10 @@ class DeviceConfig:
     duplex: bool = True
     cost_policy: str = "default"
     snmp: DeviceSnmpConfig | None = None
+    #: Whom this device's direct queue trusts (None: the site's `[ipp] auth`).
+    ipp_auth: str | None = None
+    #: How this device's card reader reports cards (None: as read, `CardRule()`).
+    card_rule: CardRule | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +266,8 @@ class SiteConfig:
     primary: PrimaryLinkConfig | None = None   # role 'site': the uplink, when there is one
     sync: SyncListenConfig | None = None       # role 'primary': where sites sync
     lpd: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_LPD_PORT))
+    directory: DirectoryConfig | None = None   # `[directory]`: LDAP password checks
+    ipp_security: IppSecurityConfig = field(default_factory=IppSecurityConfig)
 
     @property
     def database_path(self) -> Path:
@@ -265,9 +282,10 @@ class SiteConfig:
         return self.secrets_dir / "card-hmac.key"
 
 
-def _listen(r: _Reader, root: dict[str, Any], key: str, default_port: int) -> Listen:
+def _listen(r: _Reader, root: dict[str, Any], key: str, default_port: int,
+            extra: frozenset[str] = frozenset()) -> Listen:
     table = r.table(root, "", key)
-    r.unknown(table, key, {"host", "port"})
+    r.unknown(table, key, {"host", "port", *extra})
     host = r.get(table, key, "host", str, "127.0.0.1")
     port = r.get(table, key, "port", int, default_port)
     if isinstance(port, int) and not 0 <= port <= 65535:
@@ -391,7 +409,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
                          "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync",
-                         "monitor", "lpd"})
+                         "monitor", "lpd", "directory"})
     role = r.get(root, "", "role", str, "site")
     if role not in ("site", "primary"):
         r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site' "
@@ -422,7 +440,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
             r.errors.append(f"{path}: expected a table")
             continue
         r.unknown(body, path, {"name", "uri", "protocol", "colour", "duplex", "cost_policy",
-                               "snmp"})
+                               "snmp", *DEVICE_AUTH_KEYS})
         device = DeviceConfig(
             name=r.get(body, path, "name", str, "", required=True),
             uri=r.get(body, path, "uri", str, "", required=True),
@@ -432,6 +450,8 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
             cost_policy=r.get(body, path, "cost_policy", str, "default"),
         )
         device = replace(device, snmp=_device_snmp(r, body, path, device.uri))
+        ipp_auth, card_rule = parse_device_auth(r, body, path)
+        device = replace(device, ipp_auth=ipp_auth, card_rule=card_rule)
         if device.name in seen:
             r.errors.append(f"{path}.name: {device.name!r} is used twice")
         if device.name == "findme":
@@ -451,7 +471,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         devices.append(device)
     config = SiteConfig(
         role=role, name=name, state_dir=state_dir, secrets_dir=secrets_dir,
-        ipp=_listen(r, root, "ipp", DEFAULT_IPP_PORT),
+        ipp=_listen(r, root, "ipp", DEFAULT_IPP_PORT, frozenset(IPP_SECURITY_KEYS)),
         device_api=_listen(r, root, "device_api", DEFAULT_DEVICE_API_PORT),
         jobs=_section(r, root, "jobs", JobsConfig),
         release=_section(r, root, "release", ReleaseConfig),
@@ -463,7 +483,11 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         primary=_primary_link(r, root, role, base_dir),
         sync=_sync_listen(r, root, role, base_dir),
         lpd=_listen(r, root, "lpd", DEFAULT_LPD_PORT),
+        directory=parse_directory(r, root, base_dir),
+        ipp_security=parse_ipp_security(r, root, base_dir),
     )
+    check_basic_needs_tls(r, config.ipp.host, config.ipp_security,
+                          [d.ipp_auth for d in devices])
     if r.errors:
         raise ConfigError(r.errors)
     return config
