@@ -415,6 +415,9 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site' "
                         "and 'primary')")
     name = r.get(root, "", "name", str, "site", required=True)
+    if isinstance(name, str) and ("/" in name or not name.strip()):
+        r.errors.append("name: a non-empty name without '/' (it prefixes the site's sync "
+                        "event ids)")
     state_dir = Path(r.get(root, "", "state_dir", str, "/var/lib/outpost"))
     secrets_dir = Path(r.get(root, "", "secrets_dir", str, str(state_dir.parent / "secrets")))
     if base_dir is not None:
