@@ -67,8 +67,7 @@ class Site:
         """Open the IPP, device-API and LPD ports; returns the bound port numbers."""
         from appliance.protocols.lpd.server import LpdServerFactory
 
-        ipp = self.reactor.listenTCP(self.config.ipp.port, server.Site(self.ipp_root),
-                                     interface=self.config.ipp.host)
+        ipp = _listen_ipp(self.config, self.reactor, server.Site(self.ipp_root))
         api_root = resource.Resource()
         v1 = resource.Resource()
         api_root.putChild(b"api", v1)
@@ -157,16 +156,68 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                               max_age=config.auth.session_max_age),
         throttle=Throttle(max_failures=config.auth.max_failures,
                           window=config.auth.failure_window, lockout=config.auth.lockout),
+        **_identity_options(config, reactor, database),
     )
     accounting = AccountingService(store=store, policies=policy_for)
     device_api = DeviceApi(auth=auth, jobs=jobs, release=release, accounting=accounting,
                            devices=lambda: by_name.keys(), device_status=monitor.panel_json)
     return Site(config=config, reactor=reactor, database=database, store=store, spool=spool,
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
-                ipp_client=ipp_client, ipp_root=build_ipp_root(jobs), device_api=device_api,
+                ipp_client=ipp_client, ipp_root=build_ipp_root(
+                    jobs, authenticator=_queue_authenticator(config, auth)),
+                device_api=device_api,
                 monitor=monitor, snmp_poller=snmp_poller,
                 ipp_watcher=_ipp_watcher(config, reactor, ipp_client, monitor),
                 sync=_uplink(config, reactor, database))
+
+
+def _identity_options(config: SiteConfig, reactor: Any, database: Database) -> dict[str, Any]:
+    """AuthService's directory, password cache and card reader rules (docs/security.md)."""
+    from appliance.storage.credential_store import CredentialStore
+
+    options: dict[str, Any] = {
+        "credential_store": CredentialStore(database),
+        "card_rules": {d.name: d.card_rule for d in config.devices if d.card_rule is not None},
+    }
+    directory = config.directory
+    if directory is not None:
+        from appliance.protocols.ldap.client import LdapDirectory, LdapSettings
+
+        settings = LdapSettings(
+            url=directory.url, base_dn=directory.base_dn, user_filter=directory.user_filter,
+            username_attribute=directory.username_attribute, bind_dn=directory.bind_dn,
+            bind_password=directory.bind_password(),   # read once, here; never logged
+            ca_file=str(directory.ca_file) if directory.ca_file else None,
+            starttls=directory.starttls, timeout=directory.timeout,
+            pool_size=directory.pool_size)
+        options["directory"] = LdapDirectory(settings, reactor)
+        options["directory_max_age"] = directory.verifier_max_age_hours * 3600
+    return options
+
+
+def _queue_authenticator(config: SiteConfig, auth: AuthService) -> Any:
+    """Which IPP queues ask for HTTP Basic (None when every queue trusts requesting-user-name)."""
+    default = config.ipp_security.auth
+    modes = {d.name: d.ipp_auth or default for d in config.devices}
+    if default != "basic" and "basic" not in modes.values():
+        return None
+    from appliance.protocols.ipp.auth import QueueAuthenticator
+
+    return QueueAuthenticator(auth, lambda queue: modes.get(queue, default))
+
+
+def _listen_ipp(config: SiteConfig, reactor: Any, factory: Any) -> Any:
+    """The IPP port: plain ipp://, or ipps:// when [ipp] names a certificate and key."""
+    security = config.ipp_security
+    if not security.tls:
+        return reactor.listenTCP(config.ipp.port, factory, interface=config.ipp.host)
+    from twisted.internet import ssl
+
+    assert security.tls_cert_file is not None and security.tls_key_file is not None
+    certificate = ssl.PrivateCertificate.loadPEM(
+        security.tls_cert_file.read_text() + security.tls_key_file.read_text())
+    return reactor.listenSSL(config.ipp.port, factory, certificate.options(),
+                             interface=config.ipp.host)
 
 
 def _ipp_watcher(config: SiteConfig, reactor: Any, client: IppClient,

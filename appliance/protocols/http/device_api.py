@@ -38,7 +38,8 @@ class ApiError(Exception):
 
 
 _AUTH_STATUS = {"bad_request": 400, "invalid_credentials": 401, "account_disabled": 403,
-                "throttled": 429}
+                "throttled": 429, "directory_unavailable": 503, "unknown_user": 403,
+                "password_session_required": 403, "card_in_use": 409}
 _JOB_STATUS = {"not-found": (404, "not_found"), "not-authorized": (404, "not_found"),
                "not-possible": (409, "conflict")}
 
@@ -77,6 +78,7 @@ class DeviceApi(resource.Resource):
             (b"GET", "balance"): self.get_balance,
             (b"POST", "copy/authorize"): self.authorise_copy,
             (b"POST", "usage"): self.report_usage,
+            (b"POST", "cards"): self.link_card,
         }
 
     def render(self, request: Request) -> int:  # type: ignore[override]
@@ -112,6 +114,8 @@ class DeviceApi(resource.Resource):
             extra: dict[str, Any] = {}
             if exc.code == "throttled":
                 extra["retry_after"] = int(exc.retry_after) + 1
+                # The lockout is visible to any HTTP client too (RFC 9110 10.2.3).
+                request.setHeader(b"retry-after", str(extra["retry_after"]).encode())
             return _AUTH_STATUS.get(exc.code, 400), {
                 "ok": False, "error": {"code": exc.code, "message": str(exc)}, **extra}
         except JobError as exc:
@@ -255,6 +259,14 @@ class DeviceApi(resource.Resource):
             raise ApiError(404, "not_found", f"no job {job_id} of yours")
         await self.jobs.cancel(job_id, session.username)
         return 200, {"ok": True, "cancelled": [job_id]}
+
+    async def link_card(self, session: Session, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Link the card just read to the session's user (a username + password session)."""
+        card = body.get("card")
+        if not isinstance(card, str) or not card.strip() or len(card) > 256 or "\x00" in card:
+            raise ApiError(400, "bad_request", "card must be a non-empty string")
+        result = await self.auth.link_card(session, card)
+        return (201 if result == "linked" else 200), {"ok": True, "linked": result == "linked"}
 
     async def get_balance(self, session: Session, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"ok": True, "balance": await self.accounting.balance(session.account_id)}

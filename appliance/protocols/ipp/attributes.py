@@ -127,6 +127,8 @@ class PrinterContext:
     default_media: str = "iso_a4_210x297mm"
     max_document: int = 256 * 1024 * 1024
     extra: dict[str, Attribute] = field(default_factory=dict)
+    #: uri-authentication-supported: 'requesting-user-name' or 'basic'.
+    authentication: str = "requesting-user-name"
 
 
 def _media_col(media: MediaSize) -> dict[str, Attribute]:
@@ -162,7 +164,7 @@ def printer_attributes(ctx: PrinterContext) -> dict[str, Attribute]:
     attributes: list[Attribute] = [
         attr("printer-uri-supported", ValueTag.URI, ctx.printer_uri),
         attr("uri-security-supported", ValueTag.KEYWORD, "tls" if ctx.secure else "none"),
-        attr("uri-authentication-supported", ValueTag.KEYWORD, "requesting-user-name"),
+        attr("uri-authentication-supported", ValueTag.KEYWORD, ctx.authentication),
         attr("printer-name", ValueTag.NAME, queue.name[:127]),
         attr("printer-info", ValueTag.TEXT, info[:127]),
         attr("printer-location", ValueTag.TEXT, ctx.location[:127]),

@@ -231,8 +231,12 @@ class IppPrinterResource(resource.Resource):
         default_media: str = "iso_a4_210x297mm",
         reactor: Any = None,
         clock: Callable[[], float] | None = None,
+        authenticator: Any = None,
     ) -> None:
         super().__init__()
+        #: `auth.QueueAuthenticator`: queues that ask for HTTP Basic (None: trust
+        #: requesting-user-name everywhere).
+        self.authenticator = authenticator
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -282,7 +286,10 @@ class IppPrinterResource(resource.Resource):
         def write(payload: bytes) -> None:
             if disconnected:
                 return
-            request.setResponseCode(200)
+            challenge = getattr(request, "outpost_challenge", None)
+            request.setResponseCode(401 if challenge else 200)
+            if challenge:
+                request.setHeader(b"www-authenticate", challenge)
             request.setHeader(b"content-type", IPP_MIME_TYPE.encode())
             request.setHeader(b"content-length", str(len(payload)).encode())
             request.write(payload)
@@ -434,6 +441,14 @@ class IppPrinterResource(resource.Resource):
                                "requesting-user-name is longer than 255 octets",
                                [user_attribute])
             user = user.strip() or None
+        if self.authenticator is not None and self.authenticator.required(queue.name,
+                                                                          message.code):
+            from .auth import NotAuthenticated
+
+            try:  # the authenticated user, never the claimed requesting-user-name
+                user = await self.authenticator.authenticate(request, queue.name)
+            except NotAuthenticated as exc:
+                raise IppError(Status(exc.status), str(exc)) from None
         base = self.base_uri_for(request).rstrip("/")
         printer_uri = f"{base}/printers/{queue.name}"
         call = _Call(
@@ -796,6 +811,8 @@ class IppPrinterResource(resource.Resource):
             secure=call.secure, up_time=self._up_time(), now=self.clock(),
             queued_job_count=len(waiting), site_name=self.site_name, location=self.location,
             default_media=self.default_media, max_document=self.max_document,
+            authentication=(self.authenticator.mode_for(call.queue.name)
+                            if self.authenticator is not None else "requesting-user-name"),
         )
         table = tables.select_printer_attributes(tables.printer_attributes(ctx), requested)
         reply = self._reply(call)
