@@ -9,9 +9,11 @@ One poll is one GETBULK (SNMPv2c or SNMPv3 USM): non-repeaters for sysDescr,
 sysUpTime, hrDeviceStatus, hrPrinterStatus, hrPrinterDetectedErrorState and the
 first prtMarkerLifeCount (GETNEXT of the column: an instance that is not there
 shows up as another OID and is read as missing), then up to `MAX_ROWS` rows of
-the prtMarkerLifeCount and prtAlert columns; every `SUPPLIES_EVERY`th poll also
-asks for the prtMarkerSupplies columns (levels change slowly, and decoding is
-most of a poll's cost: pyasn1 is slow, so a poll asks for little). Every device has
+the prtMarkerLifeCount column. Only when the device reports trouble (an error
+bit, hrDeviceStatus warning or down) does a second GETBULK read the prtAlert
+table, and every `SUPPLIES_EVERY`th poll another reads the prtMarkerSupplies
+columns (levels change slowly). Decoding is most of a poll's cost (pyasn1 is
+slow), so a poll asks for little. Every device has
 its own loop: a silent device backs off (interval x 2^k, capped) without
 delaying the others; a malformed answer or wrong credentials mark that device
 `unknown` and nothing else.
@@ -56,10 +58,10 @@ SCALARS: list[tuple[Oid, Oid]] = [
     (HR_PRINTER_ERROR_STATE[:-1], HR_PRINTER_ERROR_STATE),
     (PRT_MARKER_LIFE_COUNT, (*PRT_MARKER_LIFE_COUNT, 1, 1)),
 ]
-STATE_COLUMNS: list[Oid] = [PRT_MARKER_LIFE_COUNT, PRT_ALERT_SEVERITY, PRT_ALERT_CODE,
-                            PRT_ALERT_DESCRIPTION]
+STATE_COLUMNS: list[Oid] = [PRT_MARKER_LIFE_COUNT]
+ALERT_COLUMNS: list[Oid] = [PRT_ALERT_SEVERITY, PRT_ALERT_CODE, PRT_ALERT_DESCRIPTION]
 SUPPLY_COLUMNS: list[Oid] = [PRT_SUPPLIES_DESCRIPTION, PRT_SUPPLIES_MAX, PRT_SUPPLIES_LEVEL]
-COLUMNS: list[Oid] = STATE_COLUMNS + SUPPLY_COLUMNS
+COLUMNS: list[Oid] = STATE_COLUMNS + ALERT_COLUMNS + SUPPLY_COLUMNS
 MAX_ROWS = 4
 SUPPLY_ROWS = 8
 SUPPLIES_EVERY = 6
@@ -361,6 +363,9 @@ class PysnmpFetcher:
         scalars = [ask for ask, _ in SCALARS]
         answer = await self._bulk(target, scalars, STATE_COLUMNS, MAX_ROWS, self.timeout,
                                   self.retries)
+        if troubled(select(answer)):
+            answer += await self._bulk(target, [], ALERT_COLUMNS, MAX_ROWS, self.timeout,
+                                       self.retries)
         if supplies:
             answer += await self._bulk(target, [], SUPPLY_COLUMNS, SUPPLY_ROWS, self.timeout,
                                        self.retries)
@@ -377,6 +382,18 @@ class PysnmpFetcher:
         for engine in self._engines.values():
             engine.close_dispatcher()
         self._engines.clear()
+
+
+def troubled(values: dict[Oid, Any]) -> bool:
+    """Whether a device's answer says something is wrong (then its alerts are worth reading)."""
+    errors = values.get(HR_PRINTER_ERROR_STATE)
+    status = values.get(HR_DEVICE_STATUS)
+    try:
+        if errors is not None and any(_octets(errors, "hrPrinterDetectedErrorState")):
+            return True
+        return status is not None and _int(status, "hrDeviceStatus") in (3, 5)
+    except MalformedResponse:
+        return False  # interpret() will say so
 
 
 def select(answer: list[tuple[Oid, Any]]) -> dict[Oid, Any]:
