@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ class LdapDirectory:
 
         conn = ldap3.Connection(server, user=user, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
                                 raise_exceptions=False, read_only=True, auto_referrals=False,
-                                receive_timeout=self.settings.timeout)
+                                # ldap3 packs it into SO_RCVTIMEO as whole seconds
+                                receive_timeout=max(1, math.ceil(self.settings.timeout)))
         conn.open()
         if self.settings.starttls and not conn.start_tls():
             raise DirectoryUnavailable("StartTLS failed")
@@ -207,4 +209,8 @@ class LdapDirectory:
 def _short(exc: BaseException) -> str:
     """An exception's text for a log line: one line, bounded (certificates are long)."""
     text = " ".join(str(exc).split())
+    if "doesn't match" in text:
+        return "the directory's TLS certificate does not match its name"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "the directory's TLS certificate is not trusted (ca_file)"
     return text[:200]
