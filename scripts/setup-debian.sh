@@ -17,6 +17,9 @@ declare -A PROBES=(
   [slapd]=/usr/sbin/slapd
   [ldap-utils]=/usr/bin/ldapsearch
   [iproute2]=/usr/sbin/ip
+  # The Ansible roles' lint and syntax tests (tests/unit/test_ansible.py).
+  [ansible-core]=/usr/bin/ansible-playbook
+  [ansible-lint]=/usr/bin/ansible-lint
 )
 
 missing=()

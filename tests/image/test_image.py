@@ -1,0 +1,114 @@
+"""The appliance image, built and booted: first-boot seed from a config drive, the site
+serving IPP through a host port forward, ipptool's get-printer-attributes, a clean ACPI
+power-off. Run with `make test-image` (builds the image first; not part of `make test`).
+
+Figures (boot-to-serving, image size, accelerator) go to image/out/measurements.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.image.vm import Vm, free_port, make_config_drive
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = Path(os.environ.get("OUTPOST_IMAGE", REPO / "image/out/outpost.qcow2"))
+MEASUREMENTS = IMAGE.parent / "measurements.json"
+SERVE_TIMEOUT = float(os.environ.get("OUTPOST_SERVE_TIMEOUT", "600"))
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
+
+SITE = """role = "site"
+name = "image-test"
+state_dir = "/var/lib/outpost"
+secrets_dir = "/var/lib/outpost-secrets"
+
+[ipp]
+host = "0.0.0.0"
+port = 631
+
+[lpd]
+host = "0.0.0.0"
+port = 515
+
+[device_api]
+host = "0.0.0.0"
+port = 8632
+"""
+
+
+def record(**figures: object) -> None:
+    data = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}
+    data.update(figures)
+    MEASUREMENTS.write_text(json.dumps(data, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def image() -> Path:
+    for tool in ("qemu-system-x86_64", "qemu-img", "mkfs.fat", "mcopy", "ipptool"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run scripts/setup-image.sh (make test-image does)")
+    if not IMAGE.exists():
+        subprocess.run([str(REPO / "image/build.sh")], check=True)
+    record(image_file_mib=round(IMAGE.stat().st_size / 2**20, 1))
+    return IMAGE
+
+
+@pytest.fixture
+def site_vm(image: Path, tmp_path: Path) -> Iterator[tuple[Vm, int]]:
+    port = free_port()
+    seed = make_config_drive(tmp_path / "seed.img", {"site.toml": SITE})
+    vm = Vm(image, tmp_path, seed=seed, forwards={port: 631})
+    try:
+        yield vm, port
+    finally:
+        vm.kill()
+        keep = IMAGE.parent / "last-console.log"
+        if vm.console.exists():
+            keep.write_text(vm.console_text())
+
+
+def ipptool(port: int, timeout: int = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ipptool", "-T", str(timeout), "-t",
+                           f"ipp://127.0.0.1:{port}/printers/findme",
+                           "get-printer-attributes.test"],
+                          capture_output=True, text=True, timeout=timeout + 30)
+
+
+def test_boots_serves_ipp_and_powers_off_cleanly(site_vm: tuple[Vm, int]) -> None:
+    vm, port = site_vm
+    vm.start()
+    deadline = time.monotonic() + SERVE_TIMEOUT
+    serving_after = None
+    while time.monotonic() < deadline:
+        assert vm.alive(), f"qemu exited early:\n{vm.console_text()[-3000:]}"
+        if ipptool(port, timeout=5).returncode == 0:
+            serving_after = time.monotonic() - vm.started
+            break
+        time.sleep(2)
+    assert serving_after is not None, f"not serving after {SERVE_TIMEOUT}s:\n" \
+        f"{vm.console_text()[-4000:]}"
+
+    done = ipptool(port)
+    assert done.returncode == 0 and "[PASS]" in done.stdout, done.stdout + done.stderr
+
+    t0 = time.monotonic()
+    status = vm.power_off()
+    power_off = time.monotonic() - t0
+    console = vm.console_text()
+    record(accelerator=vm.accel, boot_to_serving_s=round(serving_after, 1),
+           power_off_s=round(power_off, 1))
+    print(f"\naccelerator {vm.accel}: serving after {serving_after:.1f} s, "
+          f"powered off in {power_off:.1f} s")
+    assert status == 0
+    assert "Stopped outpost-site.service" in console
+    assert "reboot: Power down" in console
+    assert "outpost-site.service: Failed" not in console
