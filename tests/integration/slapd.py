@@ -1,7 +1,7 @@
 """A private slapd for tests: its own folder, loopback ports, a CA the test makes.
 
 `Slapd(folder).start(users=...)` writes a slapd.conf (core, cosine, inetorgperson
-and nis schemas, back_mdb, `sizelimit 500`, a rootdn), starts
+and nis schemas, back_mdb, a size limit of 500 for unpaged searches, a rootdn), starts
 `slapd -f conf -h "ldap://127.0.0.1:P/ ldaps://127.0.0.1:Q/" -d 0`, waits for the
 ports, loads the people with `ldapadd`, and `stop()` ends it (the process it
 started, by its pid). The server certificate is issued by a CA made here for
@@ -174,7 +174,10 @@ class Slapd:
             f"argsfile {self.folder / 'slapd.args'}",
             "modulepath /usr/lib/ldap",
             "moduleload back_mdb",
-            "sizelimit 500",
+            # An unpaged search stops at 500 entries. A bare `sizelimit 500` would also cap
+            # paged searches in total (size.prtotal defaults to the hard limit), which no
+            # sync could get through; directories in the field page without a total cap.
+            "sizelimit size.soft=500 size.hard=500 size.prtotal=unlimited",
             f"TLSCACertificateFile {self.ca.ca_file}",
             f"TLSCertificateFile {cert}",
             f"TLSCertificateKeyFile {key}",
