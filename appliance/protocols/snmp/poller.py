@@ -281,6 +281,11 @@ def _guarded_target_class() -> Any:
     return GuardedUdpTransportTarget
 
 
+#: pysnmp's own modules an engine loads at its first request (v2c and USM).
+PRELOADED_MIBS = ("PYSNMP-MIB", "PYSNMP-SOURCE-MIB", "SNMPv2-TM", "__SNMPv2-MIB",
+                  "PYSNMP-USM-MIB", "__PYSNMP-USM-MIB")
+
+
 class PysnmpFetcher:
     """Does the SNMP requests of a poller.
 
@@ -302,6 +307,11 @@ class PysnmpFetcher:
         engine = self._engines.get(target.v3)
         if engine is None:
             engine = self._engines[target.v3] = SnmpEngine()
+            # MIB modules pysnmp would otherwise load (compile) at the first request.
+            try:
+                engine.get_mib_builder().load_modules(*PRELOADED_MIBS)
+            except Exception:
+                log.debug("preloading pysnmp MIB modules failed", exc_info=True)
         return engine
 
     def _auth(self, target: SnmpTarget) -> Any:
@@ -457,6 +467,10 @@ class SnmpPoller:
         if fetch is None:
             self._fetcher = PysnmpFetcher(timeout=timeout, retries=retries)
             fetcher = self._fetcher
+            # A pysnmp engine takes 0.1-0.2 s of CPU to build (it loads its MIB modules):
+            # build them now, at start-up, not in the reactor's middle at the first poll.
+            for target in targets:
+                fetcher.engine(target)
 
             def fetch(target: SnmpTarget, supplies: bool) -> defer.Deferred[dict[Oid, Any]]:
                 return run_coroutine(fetcher.poll(target, supplies))
@@ -467,8 +481,9 @@ class SnmpPoller:
 
     @property
     def guard(self) -> float:
-        """How long one poll may take before it counts as unanswered."""
-        return self.timeout * (self.retries + 1) + 1.0
+        """How long one poll may take before it counts as unanswered (a backstop: pysnmp's
+        own time-out normally ends a silent poll first)."""
+        return self.timeout * (self.retries + 1) + max(2.0, self.timeout)
 
     def start(self) -> None:
         """Start polling; first polls are spread over one interval."""
@@ -528,12 +543,14 @@ class SnmpPoller:
 
     def _failed(self, track: DeviceTrack, failure: Any) -> SnmpReading | None:
         error = failure.value
-        if not self.running and isinstance(error, defer.CancelledError):
+        cancelled = isinstance(error, defer.CancelledError | asyncio.CancelledError)
+        if not self.running and cancelled:
             return None  # stopped while a poll was out
         track.polls += 1
         if isinstance(error, PollFailed):
             reason, message = error.reason, str(error)
-        elif isinstance(error, defer.TimeoutError | defer.CancelledError):
+        elif cancelled or isinstance(error, defer.TimeoutError):
+            # (the guard's time-out cancels the asyncio task: its CancelledError comes back)
             reason, message = "no_response", "no answer in time"
         elif isinstance(error, MalformedResponse):
             reason, message = "snmp_malformed", str(error)
