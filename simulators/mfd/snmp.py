@@ -403,6 +403,8 @@ class MfdSnmpAgent:
         self._socket = sock
         self.port = sock.getsockname()[1]
         snmp = engine.SnmpEngine(snmpEngineID=rfc1902.OctetString(self.engine_id()))
+        # What pysnmp would otherwise load (compile) at the first request, in the reactor.
+        snmp.get_mib_builder().load_modules("__SNMP-USER-BASED-SM-MIB", "__SNMPv2-MIB")
         self._transport = GuardedUdpTransport().open_server_mode(sock=sock)
         config.add_transport(snmp, udp.DOMAIN_NAME, self._transport)
         view = (1, 3, 6, 1)
