@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from appliance import failpoints
 from appliance.core.mode import LinkMode, Mode, Transition
 from appliance.storage.sync_store import (
     MODE,
@@ -196,6 +197,7 @@ class PrimarySync:
         batch = parse_batch(payload, peer)
         outcome = await self.store.apply_batch(batch.site, batch.batch_id, batch.events,
                                                self.clock())
+        failpoints.hit("primary.batch.applied")
         if outcome.gap_after is not None:
             log.warning("sync: %s's batch %s starts at seq %d, past its checkpoint %d",
                         batch.site, batch.batch_id, batch.events[0].seq, outcome.gap_after)
@@ -423,6 +425,7 @@ class SiteSync:
         if not _is_int(checkpoint) or not 0 <= checkpoint <= events[-1].seq:
             # Never forget beyond what was sent and acknowledged.
             raise SyncRefused(200, f"checkpoint {checkpoint!r} outside the batch sent")
+        failpoints.hit("site.push.acked")
         forgotten = await self.store.outbox_ack(checkpoint)
         self.stats.pushed_batches += 1
         self.stats.pushed_events += int(answer.get("applied", 0))

@@ -27,6 +27,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from appliance import failpoints
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -225,6 +227,7 @@ class Database:
                     conn.execute("ROLLBACK TO request")
                 conn.execute("RELEASE request")
             conn.execute("COMMIT")
+            failpoints.hit("db.after_commit")
         except Exception:
             # The transaction itself failed (disk full, I/O error): nothing in it is
             # durable, so nothing may be acknowledged.

@@ -21,6 +21,8 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance import failpoints
+
 from .database import Database
 from .store import _one, _q, ensure_account_sync
 
@@ -256,7 +258,10 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
     if events and events[0].seq > stored + 1:
         outcome.gap_after = stored
     newly_quarantined = 0
-    for event in events:
+    middle = len(events) // 2
+    for index, event in enumerate(events):
+        if index == middle:
+            failpoints.hit("primary.batch.mid_apply")
         existing = _one(db, "SELECT body_sha256 FROM sync_events WHERE event_id = ?",
                         (event.event_id,))
         reason: str | None = None

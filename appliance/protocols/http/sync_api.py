@@ -45,6 +45,11 @@ class SyncApi:
             return await self._route(method, path, query, body, peer)
         except SyncError as exc:
             return _error(exc.status, exc.code, str(exc))
+        except Exception:
+            # A transaction that raised was rolled back; one that committed (a crash
+            # between commit and answer) is found again by its event ids on the retry.
+            log.exception("sync API failure on %s %s", method, path)
+            return _error(500, "internal_error", "internal error; retry the request")
 
     async def _route(self, method: str, path: str, query: str, body: bytes,
                      peer: Identity | None) -> tuple[int, bytes]:
