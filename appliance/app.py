@@ -110,6 +110,9 @@ class Site:
             self.ipp_watcher.stop()
         for port in self.ports.values():
             await port.stopListening()
+        directory = getattr(self.auth, "directory", None)
+        if directory is not None and hasattr(directory, "stop"):
+            directory.stop()   # the LDAP client's own thread pool
         await self.ipp_client.close()
         self.database.close()
 
