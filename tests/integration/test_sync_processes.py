@@ -24,11 +24,15 @@ from simulators.lab.lab import free_port
 pytestmark = pytest.mark.integration
 
 
-def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def serve(config: Path, log: Path, failpoints: str = "",
+          hits: Path | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, OUTPOST_FAILPOINTS=failpoints)
+    if hits is not None:
+        env["OUTPOST_FAILPOINTS_LOG"] = str(hits)
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config",
                                  str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -74,7 +78,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def test_a_site_replicates_pushes_and_outlives_its_primary(tmp_path):
+def deployment(tmp_path: Path) -> dict:
+    """A CA, certificates, a primary and a site configuration, alice imported at the
+    primary, and the deployment's card key copied to the site."""
     ca = make_ca()
     pki = tmp_path / "pki"
     pki.mkdir()
@@ -109,8 +115,20 @@ def test_a_site_replicates_pushes_and_outlives_its_primary(tmp_path):
     key = tmp_path / "branch" / "secrets" / "card-hmac.key"
     key.write_bytes((tmp_path / "hq" / "secrets" / "card-hmac.key").read_bytes())
     os.chmod(key, 0o600)
-    hq_db = tmp_path / "hq" / "state" / "outpost.sqlite3"
-    site_db = tmp_path / "branch" / "state" / "outpost.sqlite3"
+    return {"primary_toml": primary_toml, "site_toml": site_toml, "api_port": api_port,
+            "hq_db": tmp_path / "hq" / "state" / "outpost.sqlite3",
+            "site_db": tmp_path / "branch" / "state" / "outpost.sqlite3"}
+
+
+def copy(api_port: int, token: str, usage_id: str) -> tuple[int, dict]:
+    return api(api_port, "usage", {"id": usage_id, "kind": "copy", "pages": 1,
+                                   "colour": False, "sides": "one-sided"}, token)
+
+
+def test_a_site_replicates_pushes_and_outlives_its_primary(tmp_path):
+    d = deployment(tmp_path)
+    primary_toml, site_toml, api_port = d["primary_toml"], d["site_toml"], d["api_port"]
+    hq_db, site_db = d["hq_db"], d["site_db"]
 
     primary = serve(primary_toml, tmp_path / "hq.log")
     site = serve(site_toml, tmp_path / "branch.log")
@@ -154,6 +172,42 @@ def test_a_site_replicates_pushes_and_outlives_its_primary(tmp_path):
                                         "ON a.id = l.account_id WHERE a.name = 'user:alice'")
                  == hq_balance, "the same balance on both sides")
         assert query(hq_db, "SELECT COUNT(*) FROM sync_quarantine") == [(0,)]
+    finally:
+        stop(site)
+        stop(primary)
+
+
+def test_kill_9_at_the_sync_failpoints_loses_and_doubles_nothing(tmp_path):
+    """The primary dies (SIGKILL) right after committing a batch, before answering; then
+    the site dies right after receiving a checkpoint, before saving it. Restarted, they
+    settle with every copy in the primary's ledger exactly once."""
+    d = deployment(tmp_path)
+    hits = tmp_path / "failpoints.log"
+    primary = serve(d["primary_toml"], tmp_path / "hq.log", "primary.batch.applied=kill@1",
+                    hits)
+    site = serve(d["site_toml"], tmp_path / "branch.log", "site.push.acked=kill@1", hits)
+    try:
+        wait_for(lambda: query(d["site_db"], "SELECT username FROM users") == [("alice",)],
+                 "alice to reach the site")
+        status, session = api(d["api_port"], "sessions", {"card": "0042", "pin": "1234"})
+        assert status == 201
+        for i in range(10):
+            assert copy(d["api_port"], session["session"], f"c{i}")[0] == 200
+        wait_for(lambda: primary.poll() is not None, "the primary to die at its failpoint")
+        assert primary.returncode == -signal.SIGKILL
+        primary = serve(d["primary_toml"], tmp_path / "hq.log")
+        wait_for(lambda: site.poll() is not None, "the site to die at its failpoint")
+        assert site.returncode == -signal.SIGKILL
+        site = serve(d["site_toml"], tmp_path / "branch.log")
+        wait_for(lambda: query(d["site_db"], "SELECT COUNT(*) FROM outbox") == [(0,)],
+                 "the outbox to drain")
+        ids = [r[0] for r in query(d["hq_db"], "SELECT entry_id FROM ledger "
+                                               "WHERE origin = 'branch'")]
+        assert sorted(ids) == sorted(f"branch/usage:c{i}" for i in range(10))
+        assert query(d["hq_db"], "SELECT COUNT(*) FROM sync_quarantine") == [(0,)]
+        assert query(d["hq_db"], "SELECT SUM(duplicates) FROM sync_sites")[0][0] > 0
+        hit = {line.split()[0] for line in hits.read_text().splitlines()}
+        assert hit == {"primary.batch.applied", "site.push.acked"}
     finally:
         stop(site)
         stop(primary)
