@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import pytest_twisted
 from twisted.internet import reactor
 
 from appliance.core.directory_sync import plan
@@ -105,3 +106,106 @@ def test_modify_rename_delete_and_disable_are_planned_by_stable_id(slapd):
     from appliance.core.directory_sync import deleted_ids
 
     assert [u.username for u in deleted_ids(before, sync.user_ids())] == ["user0007"]
+
+
+# ---------------------------------------------------------------- at the primary, to a site
+
+@pytest_twisted.ensureDeferred
+async def test_primary_sync_reaches_a_site_and_a_rename_keeps_the_balance(tmp_path):
+    """1,000 directory users into the primary; a modify, a rename and a delete reach a
+    site through the change log after the next (incremental) run; the renamed user keeps
+    her balance and her card."""
+    import json
+
+    from appliance.core.credentials import CardKey
+    from appliance.roles.directory_sync import DirectorySyncRunner
+    from appliance.storage.database import Database
+    from appliance.storage.store import _insert_ledger, balance_sync
+    from appliance.storage.sync_store import (
+        Change,
+        apply_changes_sync,
+        changes_since_sync,
+        declare_role_sync,
+    )
+
+    server = Slapd(tmp_path / "slapd")
+    people = [Person(f"emp{i:04d}", f"pw-{i}") for i in range(USERS)]
+    server.start(people)
+    try:
+        server.modify("\n\n".join(
+            f"dn: cn=emp{i:04d},{PEOPLE}\nchangetype: modify\nadd: employeeNumber\n"
+            f"employeeNumber: {4000000000 + i}" for i in range(5)) + "\n")
+        key = CardKey(b"d" * 32)
+        primary = Database(tmp_path / "primary.sqlite3", reactor)
+        site = Database(tmp_path / "site.sqlite3", reactor)
+        for database, role in ((primary, "primary"), (site, "site")):
+            database.open()
+            database.run_sync(lambda db, r=role: declare_role_sync(db, r, f"{r}-1"))
+        settings = LdapSettings(url=server.ldap_url, base_dn=PEOPLE, bind_dn=READER_DN,
+                                bind_password=READER_PW, timeout=10)
+        runner = DirectorySyncRunner(
+            DirectoryReader(settings, SyncMapping(disabled="employeeType"), reactor=reactor),
+            primary, key.lookup)
+        token = [0]
+
+        def pull() -> None:
+            changes, latest, _ = primary.run_sync(
+                lambda db: changes_since_sync(db, token[0], 100000))
+            site.run_sync(lambda db: apply_changes_sync(
+                db, [Change(c.token, c.kind, c.key, json.loads(json.dumps(c.body)))
+                     for c in changes], latest, "site-1"))
+            token[0] = latest
+
+        def site_user(name: str):
+            return site.run_sync(lambda db: db.conn.execute(
+                "SELECT u.*, (SELECT COALESCE(SUM(amount), 0) FROM ledger l "
+                "WHERE l.account_id = u.account_id) AS balance FROM users u "
+                "WHERE username = ?", (name,)).fetchone())
+
+        first = await runner.run()
+        assert first["created"] == USERS and not first["incremental"] and not first["conflicts"]
+        # emp0003 gets money at the primary; it reaches the site with everything else.
+        primary.run_sync(lambda db: _insert_ledger(
+            db, "credit:emp0003", db.conn.execute(
+                "SELECT account_id FROM users WHERE username = 'emp0003'").fetchone()[0],
+            700, "credit", "admin", {}))
+        pull()
+        assert site_user("emp0003")["balance"] == 700
+        assert site.run_sync(lambda db: db.conn.execute(
+            "SELECT COUNT(*) FROM users").fetchone()[0]) == USERS
+        card_owner = site.run_sync(lambda db: db.conn.execute(
+            "SELECT u.username FROM identities i JOIN users u ON u.id = i.user_id "
+            "WHERE i.kind = 'card' AND i.lookup = ?", (key.lookup("4000000003"),)).fetchone())
+        assert card_owner[0] == "emp0003"
+
+        server.modify("\n\n".join([
+            f"dn: cn=emp0002,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: two@example.org",
+            f"dn: cn=emp0003,{PEOPLE}\nchangetype: modrdn\nnewrdn: cn=maria\ndeleteoldrdn: 1",
+            f"dn: cn=maria,{PEOPLE}\nchangetype: modify\nreplace: uid\nuid: maria",
+            f"dn: cn=emp0004,{PEOPLE}\nchangetype: delete",
+            f"dn: cn=emp0001,{PEOPLE}\nchangetype: modify\nreplace: employeeType\n"
+            "employeeType: disabled",
+        ]) + "\n")
+        second = await runner.run()
+        assert second["incremental"] and second["read"] == USERS - 1
+        assert (second["updated"], second["renamed"], second["disabled"]) == (2, 1, 1), second
+        pull()
+        maria = site_user("maria")
+        assert maria is not None and maria["balance"] == 700, "renamed, same account, same money"
+        assert not maria["disabled"] and site_user("emp0003")["disabled"] == 1
+        assert site_user("emp0002")["email"] == "two@example.org"
+        assert site_user("emp0004")["disabled"] == 1 and site_user("emp0001")["disabled"] == 1
+        card_owner = site.run_sync(lambda db: db.conn.execute(
+            "SELECT u.username FROM identities i JOIN users u ON u.id = i.user_id "
+            "WHERE i.kind = 'card' AND i.lookup = ?", (key.lookup("4000000003"),)).fetchone())
+        assert card_owner[0] == "maria", "her card follows her"
+        primary_balance = primary.run_sync(lambda db: balance_sync(db, db.conn.execute(
+            "SELECT account_id FROM users WHERE username = 'maria'").fetchone()[0]))
+        assert primary_balance == 700
+        # Nothing the directory says is secret reached either disk in the clear.
+        for path in (tmp_path / "primary.sqlite3", tmp_path / "site.sqlite3"):
+            assert b"4000000003" not in path.read_bytes()
+        primary.close()
+        site.close()
+    finally:
+        server.stop()
