@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_cli.register(commands)
 
+    from appliance import directory_cli
+
+    directory_cli.register(commands)
+
     from simulators.lab import cli as lab_cli
 
     lab_cli.register(commands)

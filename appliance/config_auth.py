@@ -16,6 +16,7 @@ from typing import Any
 from appliance.core.credentials import CARD_FORMATS, CardRule
 
 IPP_AUTH_MODES = ("requesting-user-name", "basic")
+SYNC_SCHEMAS = ("openldap", "active-directory")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class DirectoryConfig:
     timeout: float = 5.0
     verifier_max_age_hours: float = 168.0
     pool_size: int = 4
+    #: The primary's directory sync: attribute mapping "openldap" or "active-directory",
+    #: and which entries are people and groups ("" = the schema's default filter).
+    sync_schema: str = "openldap"
+    sync_user_filter: str = ""
+    sync_group_filter: str = ""
+    sync_group_base_dn: str = ""
 
     def bind_password(self) -> str:
         """The service account's password, from its 0600 file (empty if none is set)."""
@@ -98,7 +105,14 @@ def parse_directory(r: Any, root: dict[str, Any], base_dir: Path | None) -> Dire
     if "bind_password" in table:
         r.errors.append("directory.bind_password: put the password in bind_password_file "
                         "(mode 0600), not in the configuration")
+    schema = r.get(table, "directory", "sync_schema", str, "openldap")
+    if schema not in SYNC_SCHEMAS:
+        r.errors.append(f"directory.sync_schema: one of {', '.join(SYNC_SCHEMAS)}")
     return DirectoryConfig(
+        sync_schema=schema,
+        sync_user_filter=r.get(table, "directory", "sync_user_filter", str, ""),
+        sync_group_filter=r.get(table, "directory", "sync_group_filter", str, ""),
+        sync_group_base_dn=r.get(table, "directory", "sync_group_base_dn", str, ""),
         url=url, base_dn=r.get(table, "directory", "base_dn", str, "", required=True),
         user_filter=user_filter,
         username_attribute=r.get(table, "directory", "username_attribute", str, "uid"),

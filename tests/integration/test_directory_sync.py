@@ -209,3 +209,36 @@ async def test_primary_sync_reaches_a_site_and_a_rename_keeps_the_balance(tmp_pa
         site.close()
     finally:
         server.stop()
+
+
+def test_outpost_directory_sync_command(slapd, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    secret = tmp_path / "secrets" / "bind.password"
+    secret.parent.mkdir(mode=0o700)
+    secret.write_text(READER_PW)
+    secret.chmod(0o600)
+    config = tmp_path / "primary.toml"
+    config.write_text("\n".join([
+        'role = "primary"', 'name = "hq"', f'state_dir = "{tmp_path / "state"}"',
+        f'secrets_dir = "{tmp_path / "secrets"}"',
+        "[sync]", f'ca_file = "{tmp_path}/ca.pem"', f'cert_file = "{tmp_path}/c.pem"',
+        f'key_file = "{tmp_path}/k.pem"',
+        "[directory]", f'url = "{slapd.ldap_url}"', f'base_dn = "{SUFFIX}"',
+        f'bind_dn = "{READER_DN}"', f'bind_password_file = "{secret}"', ""]))
+
+    def run(*extra: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "appliance.cli", "directory", "sync",
+                              "--config", str(config), *extra], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert READER_PW not in out.stdout + out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run()   # the module's directory (another test deleted a user from it)
+    assert first["created"] == first["read"] >= USERS - 1 and not first["incremental"]
+    again = run()
+    assert again["incremental"] and again["created"] == again["updated"] == 0
+    assert run("--full")["read"] == first["read"]
