@@ -175,11 +175,30 @@ def install(seed: Seed, etc: Path, group: str | None = "outpost") -> list[Path]:
     return written
 
 
+def wait_for_drive(label_link: Path, mountpoint: Path, timeout: float = 60.0,
+                   poll: float = 0.5) -> bool:
+    """Whether the config drive is mounted; waits when udev has seen it but PID 1 has not
+    mounted it yet (udev-settle can finish just before the mount job runs)."""
+    import time
+
+    if not label_link.exists():
+        return os.path.ismount(mountpoint)
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        if time.monotonic() > deadline:
+            raise SeedError(f"{label_link} exists but {mountpoint} was not mounted within "
+                            f"{timeout:.0f}s (run-outpostseed.mount)")
+        time.sleep(poll)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     etc = Path(os.environ.get("OUTPOST_ETC", "/etc/outpost"))
     drive = Path(os.environ.get("OUTPOST_SEED_DIR", SEED_MOUNTPOINT))
     cmdline = Path(os.environ.get("OUTPOST_CMDLINE", "/proc/cmdline"))
     try:
+        if "OUTPOST_SEED_DIR" not in os.environ:
+            wait_for_drive(Path("/dev/disk/by-label") / SEED_LABEL, drive)
         seed = seed_from_directory(drive) if drive.is_dir() else None
         if seed is None:
             seed = seed_from_cmdline(parse_cmdline(cmdline.read_text()))

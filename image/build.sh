@@ -173,7 +173,7 @@ install_system() {
     systemd-timesyncd.service outpost-firstboot.service outpost-site.service \
     outpost-primary.service
   ln -sf ../run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
-  install -D -m 0644 "$sd/udev/60-outpost-seed.rules" "$ROOT/usr/lib/udev/rules.d/60-outpost-seed.rules"
+  install -D -m 0644 "$sd/udev/70-outpost-seed.rules" "$ROOT/usr/lib/udev/rules.d/70-outpost-seed.rules"
   # No apt lists in the image: the daily apt timers would only fail.
   systemctl --root="$ROOT" disable apt-daily.timer apt-daily-upgrade.timer || true
   cat >"$ROOT/etc/fstab" <<EOF

@@ -80,7 +80,7 @@ def ipptool(port: int, timeout: int = 10) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ipptool", "-T", str(timeout), "-t",
                            f"ipp://127.0.0.1:{port}/printers/findme",
                            "get-printer-attributes.test"],
-                          capture_output=True, text=True, timeout=timeout + 30)
+                          capture_output=True, text=True, timeout=timeout + 15)
 
 
 def test_boots_serves_ipp_and_powers_off_cleanly(site_vm: tuple[Vm, int]) -> None:
@@ -90,7 +90,11 @@ def test_boots_serves_ipp_and_powers_off_cleanly(site_vm: tuple[Vm, int]) -> Non
     serving_after = None
     while time.monotonic() < deadline:
         assert vm.alive(), f"qemu exited early:\n{vm.console_text()[-3000:]}"
-        if ipptool(port, timeout=5).returncode == 0:
+        try:
+            answered = ipptool(port, timeout=5).returncode == 0
+        except subprocess.TimeoutExpired:  # slirp accepts before the guest listens; ipptool retries
+            answered = False
+        if answered:
             serving_after = time.monotonic() - vm.started
             break
         time.sleep(2)

@@ -115,3 +115,12 @@ def test_main_prefers_the_drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (etc / "site.toml").unlink()
     assert seed_module.main() == 0
     assert (etc / "primary.toml").read_text() == default_config("primary", os.uname().nodename)
+
+
+def test_wait_for_drive(tmp_path: Path) -> None:
+    link, mountpoint = tmp_path / "OUTPOSTSEED", tmp_path / "mnt"
+    assert not seed_module.wait_for_drive(link, mountpoint)       # no drive: no wait
+    link.touch()
+    with pytest.raises(SeedError, match="not mounted within"):
+        seed_module.wait_for_drive(link, mountpoint, timeout=0.2, poll=0.05)
+    assert seed_module.wait_for_drive(link, Path("/"), timeout=0.2)   # / is a mount point
