@@ -256,7 +256,8 @@ def _uplink(config: SiteConfig, reactor: Any, database: Database) -> Any:
     return SiteSync(name=config.name, store=SyncStore(database),
                     client=HttpSyncClient(transport), mode=mode, clock=reactor,
                     heartbeat_interval=link.heartbeat_interval,
-                    push_batch_size=link.push_batch_size, pull_limit=link.pull_batch_size)
+                    push_batch_size=link.push_batch_size, pull_limit=link.pull_batch_size,
+                    push_interval=link.push_interval)
 
 
 def _device_monitoring(config: SiteConfig, reactor: Any,
@@ -290,4 +291,10 @@ def _device_monitoring(config: SiteConfig, reactor: Any,
         count: int | None = await poller.page_count(name, timeout=min(snmp.timeout, 1.0))
         return count
 
-    return monitor, poller, PageCounterAudit(read_counter=read_counter, store=store)
+    def sleep(seconds: float) -> defer.Deferred[None]:
+        return task.deferLater(reactor, seconds, lambda: None)
+
+    # A device may still be counting when its job is reported done (LPD): wait while its
+    # counter moves, and flag a shortfall once it has stood still for 10 s.
+    return monitor, poller, PageCounterAudit(read_counter=read_counter, store=store,
+                                             sleep=sleep, settle=10.0, settle_step=1.0)

@@ -206,31 +206,47 @@ class PageCounterAudit:
     `read_counter(device)` returns the device's life page counter now, or None
     when it cannot be read (no SNMP for it, no answer). Checks go to
     `store.add_counter_check` (a row per attempt), discrepancies to the log too.
+
+    A device may still be counting when the site hears that a job is done (LPD
+    reports no job state: done means transferred). So while the delta is short of
+    the impressions, the counter is read again every `settle_step` seconds (`sleep`
+    waits on the reactor) until it has not moved for `settle` seconds (at most
+    `settle_max` in all), before a shortfall is flagged.
     """
 
     def __init__(self, *, read_counter: Callable[[str], Awaitable[int | None]], store: Any,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 settle: float = 0.0, settle_step: float = 0.5,
+                 settle_max: float = 600.0) -> None:
         self.read_counter = read_counter
         self.store = store
         self.clock = clock
+        self.sleep = sleep
+        self.settle = settle if sleep is not None else 0.0
+        self.settle_step = settle_step
+        self.settle_max = settle_max
         self._open: dict[str, list[_Window]] = {}
         self.checks: list[CounterCheck] = []  # the latest ones, for tests and the log
 
-    def _take(self, device: str, job_id: int) -> _Window | None:
-        windows = self._open.get(device, [])
-        for window in windows:
-            if window.job_id == job_id:
-                windows.remove(window)
-                return window
-        return None
+    def _find(self, device: str, job_id: int) -> _Window | None:
+        return next((w for w in self._open.get(device, []) if w.job_id == job_id), None)
+
+    def _close(self, window: _Window) -> None:
+        windows = self._open.get(window.device, [])
+        if window in windows:
+            windows.remove(window)
+
+    async def _read(self, device: str) -> int | None:
+        try:
+            return await self.read_counter(device)
+        except Exception:
+            log.exception("reading the page counter of %s failed", device)
+            return None
 
     async def started(self, device: str, job: Any) -> None:
         """Just before `job` is sent to `device`."""
-        try:
-            before = await self.read_counter(device)
-        except Exception:
-            log.exception("reading the page counter of %s failed", device)
-            before = None
+        before = await self._read(device)
         window = _Window(device, job.id, job.attempts, before, self.clock())
         others = self._open.setdefault(device, [])
         if others:
@@ -241,44 +257,56 @@ class PageCounterAudit:
 
     async def finished(self, device: str, job: Any, impressions: int, printed: bool) -> None:
         """The device is done with `job` (printed: it reached the device, whatever came out)."""
-        window = self._take(device, job.id)
+        window = self._find(device, job.id)
         if window is None:
             return
-        after: int | None = None
-        if printed:
-            try:
-                after = await self.read_counter(device)
-            except Exception:
-                log.exception("reading the page counter of %s failed", device)
-        if not printed:
-            # Nothing reached the device: only others' windows care that one was open.
-            return
-        delta = None
-        if window.before is not None and after is not None:
-            delta = (after - window.before) % COUNTER_MODULUS
-        # A job still open on the device while this one printed also spoils its window.
-        if self._open.get(device):
-            window.overlapped = True
-            for other in self._open[device]:
-                other.overlapped = True
-        if delta is None:
-            status, detail, difference = "unmeasured", "page counter not readable", None
-        elif window.overlapped:
-            status = "overlapped"
-            detail = "another job printed on the device meanwhile"
-            difference = None
-        else:
-            difference = delta - impressions
-            status = "ok" if difference == 0 else "discrepancy"
-            detail = "" if difference == 0 else (
-                f"device counted {delta} impressions, the site charged {impressions}")
-        check = CounterCheck(job.id, window.attempt, device, window.before, after, delta,
-                             impressions, difference, status, detail, window.started_at,
-                             self.clock())
-        if status == "discrepancy":
-            log.warning("page counter discrepancy on %s for job %d: %s", device, job.id, detail)
+        try:
+            if not printed:
+                return  # nothing reached the device: no check (others' windows stay spoilt)
+            check = await self._measure(window, impressions)
+        finally:
+            self._close(window)  # open until measured: a job starting meanwhile spoils it
+        if check.status == "discrepancy":
+            log.warning("page counter discrepancy on %s for job %d: %s", device, job.id,
+                        check.detail)
         self.checks = [*self.checks[-999:], check]
         try:
             await self.store.add_counter_check(check)
         except Exception:
             log.exception("storing the page-counter check of job %d failed", job.id)
+
+    async def _measure(self, window: _Window, impressions: int) -> CounterCheck:
+        def delta_of(after: int | None) -> int | None:
+            if window.before is None or after is None:
+                return None
+            return (after - window.before) % COUNTER_MODULUS
+
+        after = await self._read(window.device)
+        delta = delta_of(after)
+        first = moved = self.clock()
+        while (self.sleep is not None and delta is not None and delta < impressions
+               and not window.overlapped and self.clock() - moved < self.settle
+               and self.clock() - first < self.settle_max):
+            await self.sleep(self.settle_step)
+            later = await self._read(window.device)
+            if later is not None and later != after:
+                after, delta, moved = later, delta_of(later), self.clock()
+        # A job still open on the device while this one printed also spoils its window.
+        others = [w for w in self._open.get(window.device, []) if w is not window]
+        if others:
+            window.overlapped = True
+            for other in others:
+                other.overlapped = True
+        difference: int | None = None
+        if delta is None:
+            status, detail = "unmeasured", "page counter not readable"
+        elif window.overlapped:
+            status, detail = "overlapped", "another job printed on the device meanwhile"
+        else:
+            difference = delta - impressions
+            status = "ok" if difference == 0 else "discrepancy"
+            detail = "" if difference == 0 else (
+                f"device counted {delta} impressions, the site charged {impressions}")
+        return CounterCheck(window.job_id, window.attempt, window.device, window.before, after,
+                            delta, impressions, difference, status, detail, window.started_at,
+                            self.clock())

@@ -180,3 +180,32 @@ def test_snmp_mistakes_are_all_reported(tmp_path: Path) -> None:
                      "devices[0].snmp.v3.auth_protocol: one of",
                      "devices[0].snmp: give either community (v2c) or v3, not both"):
         assert expected in errors
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_still_counting_is_waited_for_while_its_counter_moves() -> None:
+    now = [0.0]
+    counters: dict[str, int | None] = {"lpd-1": 50}
+    store = FakeStore()
+    script = iter([51, 52, 52, 53, 54])  # what the counter reads after each pause
+
+    async def read(device: str) -> int | None:
+        return counters[device]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        counters["lpd-1"] = next(script, counters["lpd-1"])
+
+    audit = PageCounterAudit(read_counter=read, store=store, clock=lambda: now[0], sleep=sleep,
+                             settle=1.0, settle_step=0.5)
+    await audit.started("lpd-1", FakeJob(1))
+    await audit.finished("lpd-1", FakeJob(1), impressions=4, printed=True)  # reads 50 at first
+    (check,) = store.rows
+    assert (check.status, check.counter_delta, check.counter_after) == ("ok", 4, 54)
+    # A shortfall that stays: flagged once the counter has stood still for `settle` seconds.
+    counters["lpd-1"] = 60
+    await audit.started("lpd-1", FakeJob(2))
+    began = now[0]
+    await audit.finished("lpd-1", FakeJob(2), impressions=3, printed=True)
+    assert store.rows[-1].status == "discrepancy" and store.rows[-1].counter_delta == 0
+    assert now[0] - began == pytest.approx(1.0)
