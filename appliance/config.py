@@ -175,6 +175,8 @@ class PrimaryLinkConfig:
     push_batch_size: int = 500
     pull_batch_size: int = 1000
     request_timeout: float = 10.0
+    #: Online, how often the outbox is checked between heartbeats (the sync lag bound).
+    push_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def _primary_link(r: _Reader, root: dict[str, Any], role: str,
     defaults = PrimaryLinkConfig("", Path(), Path(), Path())
     values: dict[str, Any] = {}
     for name in ("heartbeat_interval", "offline_after_misses", "online_after_successes",
-                 "push_batch_size", "pull_batch_size", "request_timeout"):
+                 "push_batch_size", "pull_batch_size", "request_timeout", "push_interval"):
         default = getattr(defaults, name)
         value = r.get(table, "primary", name, type(default), default)
         r.positive(value, f"primary.{name}")

@@ -312,7 +312,7 @@ class SiteSync:
 
     def __init__(self, *, name: str, store: SyncStore, client: SyncClient, mode: LinkMode,
                  clock: Any, heartbeat_interval: float, push_batch_size: int = 500,
-                 pull_limit: int = DEFAULT_PULL_LIMIT) -> None:
+                 pull_limit: int = DEFAULT_PULL_LIMIT, push_interval: float | None = None) -> None:
         self.name = name
         self.store = store
         self.client = client
@@ -321,6 +321,10 @@ class SiteSync:
         self.heartbeat_interval = heartbeat_interval
         self.push_batch_size = push_batch_size
         self.pull_limit = pull_limit
+        #: Online, the outbox is also drained this often between heartbeats.
+        self.push_interval = push_interval
+        self._push_loop: task.LoopingCall | None = None
+        self._heartbeat_owed = False
         self.stats = SyncStats()
         self._pending_outage: tuple[float, float] | None = None
         self._restored = False
@@ -350,26 +354,37 @@ class SiteSync:
     # -- lifecycle
 
     def start(self) -> None:
-        self._loop = task.LoopingCall(self._tick_guarded)
+        self._loop = task.LoopingCall(self._guarded, self.tick, heartbeat=True)
         self._loop.clock = self.clock
         self._loop.start(self.heartbeat_interval, now=True)
+        if self.push_interval is not None and self.push_interval < self.heartbeat_interval:
+            self._push_loop = task.LoopingCall(self._guarded, self.sync_if_online)
+            self._push_loop.clock = self.clock
+            self._push_loop.start(self.push_interval, now=False)
 
     async def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._push_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._ticking is not None:
             await self._ticking
 
-    def _tick_guarded(self) -> defer.Deferred[None] | None:
+    def _guarded(self, step: Callable[[], Any], heartbeat: bool = False) -> None:
+        """Run one step unless one is still running. A push between heartbeats is then
+        skipped; a heartbeat is owed and runs right after (a busy link is not a miss)."""
         if self._ticking is not None:
-            return None          # the last tick is still draining: skip, do not pile up
-        d: defer.Deferred[None] = defer.ensureDeferred(self.tick())
+            self._heartbeat_owed = self._heartbeat_owed or heartbeat
+            return None
+        d: defer.Deferred[None] = defer.ensureDeferred(step())
         self._ticking = d
 
         def done(result: Any) -> None:
             self._ticking = None
             if isinstance(result, Failure):
                 log.error("sync tick failed: %s", result.getTraceback())
+            if self._heartbeat_owed and self._loop is not None and self._loop.running:
+                self._heartbeat_owed = False
+                self._guarded(self.tick, heartbeat=True)
 
         d.addBoth(done)
         return None
@@ -387,6 +402,12 @@ class SiteSync:
             await self.heartbeat()
         await self.push_all()
         await self.pull_all()
+
+    async def sync_if_online(self) -> None:
+        """Between heartbeats: drain what the outbox gained, then pull."""
+        if self.mode.online and await self.store.outbox_size():
+            await self.push_all()
+            await self.pull_all()
 
     async def heartbeat(self) -> bool:
         body: dict[str, Any] = {

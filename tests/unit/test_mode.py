@@ -181,3 +181,32 @@ async def test_an_outage_outlives_a_restart_of_the_site(tmp_path):
         assert report["started_at"] == went_offline and report["events_merged"] == 7
     finally:
         close(site, primary)
+
+
+@pytest_twisted.ensureDeferred
+async def test_online_the_outbox_drains_between_heartbeats(tmp_path):
+    clock = task.Clock()
+    primary = make_primary(tmp_path, clock)
+    site = make_site(tmp_path, primary, clock=clock)
+    site.sync.push_interval = 1.0                  # heartbeats stay every 5 s
+    try:
+        site.sync.start()
+        await _settle(site)
+        assert site.mode.online
+        site.charge(3)
+        clock.advance(1)
+        await _settle(site)
+        assert primary.count("SELECT COUNT(*) FROM ledger") == 3, "pushed within 1 s, not 5"
+        site.transport.down = True
+        for _ in range(3):
+            clock.advance(5)
+            await _settle(site)
+        assert site.mode.state is Mode.OFFLINE
+        site.charge(2, start=3)
+        site.transport.down = False
+        clock.advance(1)
+        await _settle(site)
+        assert primary.count("SELECT COUNT(*) FROM ledger") == 3, "offline: not pushed"
+        await site.sync.stop()
+    finally:
+        close(site, primary)
