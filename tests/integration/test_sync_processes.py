@@ -78,7 +78,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def deployment(tmp_path: Path) -> dict:
+FAST_LINK = ("heartbeat_interval = 0.2\noffline_after_misses = 2\n"
+             "online_after_successes = 2\nrequest_timeout = 1.0\n")
+
+
+def deployment(tmp_path: Path, link: str = FAST_LINK) -> dict:
     """A CA, certificates, a primary and a site configuration, alice imported at the
     primary, and the deployment's card key copied to the site."""
     ca = make_ca()
@@ -103,8 +107,7 @@ def deployment(tmp_path: Path) -> dict:
         "[auth]\nargon2_memory_kib = 8192\n"
         '[[devices]]\nname = "mfd-1"\nuri = "ipp://127.0.0.1:9/ipp/print"\n'
         f'[primary]\nurl = "https://127.0.0.1:{sync_port}"\nca_file = "{pki}/ca.crt"\n'
-        f'cert_file = "{site_cert}"\nkey_file = "{site_key}"\nheartbeat_interval = 0.2\n'
-        "offline_after_misses = 2\nonline_after_successes = 2\nrequest_timeout = 1.0\n")
+        f'cert_file = "{site_cert}"\nkey_file = "{site_key}"\n{link}')
     users = tmp_path / "users.json"
     users.write_text(json.dumps([{"username": "alice", "card": "0042", "pin": "1234",
                                   "balance": 1000}]))
