@@ -258,23 +258,28 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
     if events and events[0].seq > stored + 1:
         outcome.gap_after = stored
     newly_quarantined = 0
+    # Event ids are unique within a batch (core.sync checks), so what the primary already
+    # has can be read up front: one query per chunk instead of two per event.
+    ids = [e.event_id for e in events]
+    applied = dict(_in_chunks(db, "SELECT event_id, body_sha256 FROM sync_events "
+                                  "WHERE event_id IN ({})", ids))
+    in_ledger = {row[0] for row in _in_chunks(db, "SELECT entry_id, 1 FROM ledger "
+                                                  "WHERE entry_id IN ({})", ids)}
+    accounts: dict[tuple[str, str], int] = {}
     middle = len(events) // 2
     for index, event in enumerate(events):
         if index == middle:
             failpoints.hit("primary.batch.mid_apply")
-        existing = _one(db, "SELECT body_sha256 FROM sync_events WHERE event_id = ?",
-                        (event.event_id,))
+        known = applied.get(event.event_id)
         reason: str | None = None
-        if existing is not None:
-            if existing["body_sha256"] == event.sha256:
+        if known is not None:
+            if known == event.sha256:
                 outcome.duplicates += 1
                 continue
-            reason = (f"event id already applied with another body "
-                      f"(applied sha256 {existing['body_sha256']})")
+            reason = f"event id already applied with another body (applied sha256 {known})"
         elif event.invalid is not None:
             reason = event.invalid
-        elif event.ledger is not None and _one(
-                db, "SELECT 1 FROM ledger WHERE entry_id = ?", (event.event_id,)) is not None:
+        elif event.ledger is not None and event.event_id in in_ledger:
             reason = "a ledger entry with this id exists that no site event made"
         if reason is not None:
             cur = db.conn.execute(
@@ -287,7 +292,7 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
                                         "reason": reason})
             continue
         if event.ledger is not None:
-            _apply_ledger_event(db, site, event.event_id, event.ledger)
+            _apply_ledger_event(db, site, event.event_id, event.ledger, accounts)
         db.conn.execute(
             "INSERT INTO sync_events (event_id, site, seq, kind, body_sha256, body, batch_id, "
             "applied_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -308,10 +313,24 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
     return outcome
 
 
+def _in_chunks(db: sqlite_utils.Database, sql: str,
+               values: Sequence[str]) -> list[tuple[Any, Any]]:
+    """Run `sql` (with one `IN ({})`) over `values` in chunks below SQLite's variable cap."""
+    rows: list[tuple[Any, Any]] = []
+    for start in range(0, len(values), 900):
+        chunk = values[start:start + 900]
+        query = sql.format(",".join("?" * len(chunk)))
+        rows.extend((r[0], r[1]) for r in db.conn.execute(query, chunk).fetchall())
+    return rows
+
+
 def _apply_ledger_event(db: sqlite_utils.Database, site: str, event_id: str,
-                        event: LedgerEvent) -> None:
-    account_id = ensure_account_sync(db, event.account, event.account_kind,
-                                     None if event.account_kind == "system" else 0)
+                        event: LedgerEvent, accounts: dict[tuple[str, str], int]) -> None:
+    key = (event.account, event.account_kind)
+    account_id = accounts.get(key)
+    if account_id is None:
+        account_id = accounts[key] = ensure_account_sync(
+            db, event.account, event.account_kind, None if event.account_kind == "system" else 0)
     db.conn.execute(
         "INSERT INTO ledger (entry_id, account_id, amount, kind, source, device, impressions, "
         "colour, body, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
