@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     directory_cli.register(commands)
 
+    from appliance import pki_cli
+
+    pki_cli.register(commands)
+
     from simulators.lab import cli as lab_cli
 
     lab_cli.register(commands)
