@@ -255,14 +255,18 @@ class PageCounterAudit:
                 other.overlapped = True
         others.append(window)
 
-    async def finished(self, device: str, job: Any, impressions: int, printed: bool) -> None:
-        """The device is done with `job` (printed: it reached the device, whatever came out)."""
+    async def finished(self, device: str, job: Any, impressions: int,
+                       printed: bool) -> CounterCheck | None:
+        """The device is done with `job` (printed: it reached the device, whatever came out).
+
+        Returns the check (None when there was nothing to measure).
+        """
         window = self._find(device, job.id)
         if window is None:
-            return
+            return None
         try:
             if not printed:
-                return  # nothing reached the device: no check (others' windows stay spoilt)
+                return None  # nothing reached the device: no check (others' windows stay spoilt)
             check = await self._measure(window, impressions)
         finally:
             self._close(window)  # open until measured: a job starting meanwhile spoils it
@@ -274,6 +278,7 @@ class PageCounterAudit:
             await self.store.add_counter_check(check)
         except Exception:
             log.exception("storing the page-counter check of job %d failed", job.id)
+        return check
 
     async def _measure(self, window: _Window, impressions: int) -> CounterCheck:
         def delta_of(after: int | None) -> int | None:

@@ -63,8 +63,12 @@ class PrintWatch(Protocol):
     async def started(self, device: str, job: Job) -> None:
         """Just before the job is sent."""
 
-    async def finished(self, device: str, job: Job, impressions: int, printed: bool) -> None:
-        """The device is done; `impressions` is what the site recorded (and charged) for it."""
+    async def finished(self, device: str, job: Job, impressions: int, printed: bool) -> Any:
+        """The device is done; `impressions` is what the site recorded (and charged) for it.
+
+        May return a check with `status`, `difference` (device count minus
+        `impressions`) and `counter_delta`: a 'discrepancy' is charged (see
+        `ReleaseService._charge_counter_difference`)."""
 
 
 @dataclass
@@ -232,7 +236,9 @@ class ReleaseService:
         async def tell() -> None:
             row = await self.store.job(job.id) if printed else None
             impressions = row.impressions_completed if row is not None else 0
-            await watch.finished(device.name, job, impressions, printed)
+            check = await watch.finished(device.name, job, impressions, printed)
+            if row is not None and getattr(check, "status", None) == "discrepancy":
+                await self._charge_counter_difference(row, device, check)
 
         told = defer.ensureDeferred(tell())
         told.addErrback(lambda f: log.error("print watch failed after job %d: %s", job.id,
@@ -306,6 +312,30 @@ class ReleaseService:
     def _body(job: Job, device: Device, impressions: int) -> dict[str, Any]:
         return {"job": job.uuid, "attempt": job.attempts, "device": device.name,
                 "impressions": impressions, "colour": job.colour}
+
+    async def _charge_counter_difference(self, job: Job, device: Device, check: Any) -> None:
+        """When no other job ran on the device meanwhile, its page counter is what is
+        charged: the difference from what the site charged is posted as an adjustment
+        (a charge, or a refund when the device printed fewer), once per attempt."""
+        difference = int(check.difference or 0)
+        if difference == 0:
+            return
+        user = await self.store.user_by_name(job.owner)
+        account_id = user.account_id if user else await self.store.unattributed_account()
+        per_impression = price_impressions(self.policies(device.name), 1, colour=job.colour,
+                                           sides=job.options.sides, media=job.options.media)
+        amount = difference * per_impression
+        if amount == 0:
+            return
+        await self.store.post_adjustment(
+            entry_id=f"print:{job.uuid}:{job.attempts}:counter", account_id=account_id,
+            amount=-amount, job_id=job.id, device=device.name, impressions=difference,
+            colour=job.colour,
+            body={"job": job.uuid, "attempt": job.attempts, "device": device.name,
+                  "counter_delta": check.counter_delta, "site_impressions":
+                  job.impressions_completed, "difference": difference})
+        log.warning("job %d on %s: page counter says %+d impressions; adjusted by %d",
+                    job.id, device.name, difference, -amount)
 
     async def _back_to_queue(self, job: Job, message: str) -> None:
         queue = self.jobs.queue(job.queue)

@@ -417,6 +417,27 @@ class SiteStore:
 
         return await self.database.run(work)
 
+    async def post_adjustment(
+        self, *, entry_id: str, account_id: int, amount: int, job_id: int | None,
+        device: str | None, impressions: int | None, colour: bool | None,
+        body: dict[str, Any],
+    ) -> LedgerResult:
+        """An adjustment (negative: a charge) idempotent by `entry_id`; the job's
+        `charged` follows it."""
+
+        def work(db: sqlite_utils.Database) -> LedgerResult:
+            if _one(db, "SELECT 1 FROM ledger WHERE entry_id = ?", (entry_id,)) is not None:
+                return LedgerResult(False, balance_sync(db, account_id), 0)
+            _insert_ledger(db, entry_id, account_id, amount, "adjustment", "print", body,
+                           job_id=job_id, device=device, impressions=impressions,
+                           colour=colour)
+            if job_id is not None:
+                db.conn.execute("UPDATE jobs SET charged = charged + ? WHERE id = ?",
+                                (-amount, job_id))
+            return LedgerResult(True, balance_sync(db, account_id), amount)
+
+        return await self.database.run(work)
+
     async def ledger_entries(self, account_id: int | None = None) -> list[dict[str, Any]]:
         def work(db: sqlite_utils.Database) -> list[dict[str, Any]]:
             if account_id is None:
