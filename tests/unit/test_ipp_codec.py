@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import shutil
 import struct
 import sys
 import threading
@@ -972,10 +971,6 @@ def test_capture_tool_truncates_document_data_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("ipptool", "lp", "gs")),
-    reason="needs ipptool (cups-ipp-utils), lp (cups-client) and gs (ghostscript)",
-)
 def test_fresh_capture_from_cups_clients(tmp_path: Path) -> None:
     """Run the capture again against today's CUPS clients and check the codec on it."""
     tool = load_capture_tool()
