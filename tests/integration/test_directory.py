@@ -17,10 +17,9 @@ from appliance.protocols.ldap.client import LdapDirectory, LdapSettings
 from appliance.storage.database import connect
 
 from .directory_site import Api, off_reactor, start_site, write_config
-from .slapd import HAVE_SLAPD, PEOPLE, READER_DN, READER_PW, Person, Slapd
+from .slapd import PEOPLE, READER_DN, READER_PW, Person, Slapd
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not HAVE_SLAPD, reason="slapd is not installed")]
+pytestmark = [pytest.mark.integration]
 
 PASSWORDS = {"alice": "Alice-dir-pw-71", "bob": "Bob-dir-pw-72", "o'brien": "Obrien-dir-pw-73",
              "smithj": "Smith-dir-pw-74", "dave": "Dave-dir-pw-75"}

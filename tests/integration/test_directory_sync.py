@@ -15,10 +15,9 @@ from appliance.core.directory_sync import plan
 from appliance.protocols.ldap.client import LdapSettings
 from appliance.protocols.ldap.sync import DirectoryReader, SyncMapping
 
-from .slapd import HAVE_SLAPD, PEOPLE, READER_DN, READER_PW, SUFFIX, Person, Slapd
+from .slapd import PEOPLE, READER_DN, READER_PW, SUFFIX, Person, Slapd
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not HAVE_SLAPD, reason="slapd is not installed")]
+pytestmark = [pytest.mark.integration]
 
 USERS = 1000
 GROUPS = f"ou=groups,{SUFFIX}"

@@ -27,10 +27,9 @@ from appliance.protocols.ipp.constants import Status
 from appliance.storage.database import connect
 
 from .directory_site import ipp_print, job_id_of, off_reactor, start_site, write_config
-from .slapd import HAVE_SLAPD, Person, Slapd
+from .slapd import Person, Slapd
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not HAVE_SLAPD, reason="slapd is not installed")]
+pytestmark = [pytest.mark.integration]
 
 ALICE_PW = "Alice-ipp-pw-91"
 BOB_PW = "Bob-ipp-pw-92"

@@ -14,7 +14,6 @@ import getpass
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -225,7 +224,6 @@ LPD_ACK = re.compile(r'^(\d+)\s+(?:sendto|write|sendmsg|writev)\((\d+)<TCP:\[[^\
 
 
 @needs_rlpr
-@pytest.mark.skipif(shutil.which("strace") is None, reason="make setup installs strace")
 def test_the_last_lpd_acknowledgement_follows_the_fsyncs(tmp_path: Path,
                                                          docs: dict[str, Path]) -> None:
     """rlpr: control file, then data file. The data file's acknowledgement (the 5th octet
