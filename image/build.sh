@@ -177,14 +177,10 @@ install_system() {
   # No apt lists in the image: the daily apt timers would only fail.
   systemctl --root="$ROOT" disable apt-daily.timer apt-daily-upgrade.timer || true
   cat >"$ROOT/etc/fstab" <<EOF
-# The root filesystem is named by PARTUUID on the kernel command line.
+# The root filesystem is named by PARTUUID on the kernel command line and mounted
+# read-only first, so that systemd-fsck-root checks it before it is remounted read-write.
 PARTUUID=$ROOT_PARTUUID / ext4 defaults,noatime,errors=remount-ro 0 1
 EOF
-  # Rebuild the initramfs now that fstab names the root filesystem (fsck in the initramfs).
-  mount --bind /dev "$ROOT/dev"; MOUNTED+=("$ROOT/dev")
-  mount -t proc proc "$ROOT/proc"; MOUNTED+=("$ROOT/proc")
-  in_root update-initramfs -u -k all
-  umount "$ROOT/proc" "$ROOT/dev"; MOUNTED=()
   # The root account stays locked: the appliance is managed through its configuration.
   # First boot: an empty machine-id makes systemd generate one and run its presets.
   : >"$ROOT/etc/machine-id"
@@ -209,7 +205,7 @@ make_esp() {
 title   Outpost appliance
 linux   /outpost/linux
 initrd  /outpost/initrd
-options root=PARTUUID=$ROOT_PARTUUID rw console=tty0 console=ttyS0,115200 loglevel=4
+options root=PARTUUID=$ROOT_PARTUUID ro console=tty0 console=ttyS0,115200 loglevel=4
 EOF
   find "$esp" -print0 | xargs -0r touch --no-dereference --date="@$SOURCE_DATE_EPOCH"
   mkfs.fat --invariant -F 32 -i "$ESP_VOLID" -n ESP -C "$WORK/esp.img" $((ESP_MB * 1024))
