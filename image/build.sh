@@ -135,7 +135,7 @@ unpack() {
 
 # The chroot gets a clean environment: the build machine's PIP_* settings are not the image's.
 in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-  SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" "$@"; }
+  SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" PYTHONHASHSEED=0 "$@"; }
 
 install_outpost() {
   mount --bind /dev "$ROOT/dev"; MOUNTED+=("$ROOT/dev")
