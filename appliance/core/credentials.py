@@ -55,16 +55,6 @@ def check_verifier(hasher: PasswordHasher, verifier: str, secret: str) -> bool:
         return False
 
 
-#: Verified when the user is unknown, so that "no such user" costs the same
-#: time as "wrong PIN" and does not tell an attacker which usernames exist.
-_DUMMY_SECRET = "outpost-timing-equaliser"
-
-
-def dummy_check(hasher: PasswordHasher, dummy_verifier: str) -> bool:
-    check_verifier(hasher, dummy_verifier, _DUMMY_SECRET + "x")
-    return False
-
-
 CARD_FORMATS = ("raw", "decimal", "hex", "hex-reversed")
 
 

@@ -17,7 +17,6 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,6 @@ class JobError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class SpoolLimits:
-    max_document: int = 256 * 1024 * 1024
-    max_per_user: int = 1024 * 1024 * 1024
-    max_total: int = 8 * 1024 * 1024 * 1024
 
 
 class PrintService:
@@ -91,9 +83,6 @@ class PrintService:
 
     def queues(self) -> list[Queue]:
         return list(self._queues.values())
-
-    def policy_for_queue(self, queue: Queue) -> CostPolicy:
-        return self._policies(queue.device)
 
     def quote(self, job: Job, device: str | None = None) -> Quote:
         queue = self._queues.get(job.queue)
@@ -389,10 +378,4 @@ class PrintService:
 
 def _needs_ink_coverage(document_format: str) -> bool:
     return document_format in ("application/pdf", "application/postscript")
-
-
-def job_log_fields(job: Job) -> dict[str, Any]:
-    """What a log line says about a job: never a document's content or a secret."""
-    return {"job": job.id, "queue": job.queue, "owner": job.owner, "pages": job.pages,
-            "state": job.state.value}
 
