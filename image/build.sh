@@ -158,8 +158,20 @@ install_outpost() {
   umount "$ROOT/proc" "$ROOT/dev"; MOUNTED=()
 }
 
+prune_modules() {
+  local kdir kver
+  for kdir in "$ROOT"/usr/lib/modules/*/; do
+    kver=$(basename "$kdir")
+    grep -v '^\s*#' "$HERE/prune-modules.txt" | grep -v '^\s*$' | while read -r sub; do
+      rm -rf "${kdir}kernel/$sub"
+    done
+    in_root depmod -a "$kver"
+  done
+}
+
 install_system() {
   local sd=$REPO/packaging/systemd
+  prune_modules
   install -m 0644 "$sd"/system/* "$ROOT/usr/lib/systemd/system/"
   install -D -m 0644 "$sd/sysusers.d/outpost.conf" "$ROOT/usr/lib/sysusers.d/outpost.conf"
   install -D -m 0644 "$sd/tmpfiles.d/outpost.conf" "$ROOT/usr/lib/tmpfiles.d/outpost.conf"
