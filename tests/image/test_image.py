@@ -116,3 +116,33 @@ def test_boots_serves_ipp_and_powers_off_cleanly(site_vm: tuple[Vm, int]) -> Non
     assert "Stopped outpost-site.service" in console
     assert "reboot: Power down" in console
     assert "outpost-site.service: Failed" not in console
+
+
+ROOT_PARTUUID = "6f757470-6f73-4000-8000-000000000003"
+
+
+def test_kernel_command_line_seed_without_a_drive(image: Path, tmp_path: Path) -> None:
+    """outpost.role=site on the command line gives the default site (IPP on 631), and a boot
+    with no config drive waits for none."""
+    port = free_port()
+    vm = Vm(image, tmp_path, forwards={port: 631},
+            append=f"root=PARTUUID={ROOT_PARTUUID} ro console=ttyS0,115200 "
+                   "outpost.role=site outpost.name=from-cmdline")
+    try:
+        vm.start()
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        serving_after = None
+        while time.monotonic() < deadline and serving_after is None:
+            assert vm.alive(), f"qemu exited early:\n{vm.console_text()[-3000:]}"
+            try:
+                if ipptool(port, timeout=5).returncode == 0:
+                    serving_after = time.monotonic() - vm.started
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(2)
+        assert serving_after is not None, vm.console_text()[-4000:]
+        record(cmdline_seed_boot_to_serving_s=round(serving_after, 1))
+        assert vm.power_off() == 0
+        assert "reboot: Power down" in vm.console_text()
+    finally:
+        vm.kill()

@@ -47,9 +47,26 @@ def make_config_drive(path: Path, files: dict[str, str]) -> Path:
     return path
 
 
+def extract_boot_files(image: Path, workdir: Path) -> tuple[Path, Path]:
+    """The kernel and initrd from the image's EFI partition (1 MiB in), with mtools."""
+    raw = workdir / "image.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    files = []
+    for name in ("linux", "initrd"):
+        target = workdir / name
+        subprocess.run(["mcopy", "-n", "-i", f"{raw}@@1M", f"::outpost/{name}", str(target)],
+                       check=True)
+        files.append(target)
+    raw.unlink()
+    return files[0], files[1]
+
+
 class Vm:
     def __init__(self, image: Path, workdir: Path, *, seed: Path | None = None,
-                 forwards: dict[int, int] | None = None, memory_mb: int = 1024) -> None:
+                 forwards: dict[int, int] | None = None, memory_mb: int = 1024,
+                 append: str | None = None) -> None:
+        """`append`: boot the image's own kernel and initrd directly with this command line
+        (what an edited boot entry would pass); otherwise boot through systemd-boot."""
         self.workdir = workdir
         self.accel = accelerator()
         self.console = workdir / "console.log"
@@ -74,6 +91,9 @@ class Vm:
         ]
         if seed is not None:
             self.command += ["-drive", f"if=virtio,format=raw,readonly=on,file={seed}"]
+        if append is not None:
+            kernel, initrd = extract_boot_files(image, workdir)
+            self.command += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
