@@ -506,4 +506,9 @@ def load(path: Path) -> SiteConfig:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    from appliance.config_dropins import read_dropins
+
+    root, dropin_errors = read_dropins(path, root)   # <path>.d/*.toml, in name order
+    if dropin_errors:
+        raise ConfigError(dropin_errors)
     return parse(root)
