@@ -81,7 +81,7 @@ def default_config(role: str, name: str) -> str:
         f'role = "primary"\nname = "{name}"\n'
         'state_dir = "/var/lib/outpost"\nsecrets_dir = "/var/lib/outpost-secrets"\n\n'
         '[sync]\nhost = "0.0.0.0"\nport = 8633\n'
-        'ca_file = "/etc/outpost/tls/ca.pem"\ncert_file = "/etc/outpost/tls/primary.pem"\n'
+        'ca_file = "/etc/outpost/tls/ca.crt"\ncert_file = "/etc/outpost/tls/primary.crt"\n'
         'key_file = "/etc/outpost/tls/primary.key"\n'
     )
 
