@@ -146,3 +146,45 @@ def test_kernel_command_line_seed_without_a_drive(image: Path, tmp_path: Path) -
         assert "reboot: Power down" in vm.console_text()
     finally:
         vm.kill()
+
+
+def test_primary_role_serves_sync_over_mutual_tls(image: Path, tmp_path: Path) -> None:
+    """The primary's unit (no capabilities, PrivateUsers=yes) reads its configuration and
+    certificates from a config drive and answers a site's certificate over mutual TLS."""
+    pki = tmp_path / "pki"
+    outpost = [str(REPO / ".venv/bin/outpost"), "pki"]
+    subprocess.run([*outpost, "init", str(pki)], check=True, capture_output=True)
+    subprocess.run([*outpost, "issue", str(pki), "--kind", "primary", "--name", "hq",
+                    "--host", "127.0.0.1"], check=True, capture_output=True)
+    subprocess.run([*outpost, "issue", str(pki), "--kind", "site", "--name", "branch-1"],
+                   check=True, capture_output=True)
+    primary = ('role = "primary"\nname = "hq"\nstate_dir = "/var/lib/outpost"\n'
+               'secrets_dir = "/var/lib/outpost-secrets"\n[sync]\nhost = "0.0.0.0"\nport = 8633\n'
+               'ca_file = "/etc/outpost/tls/ca.crt"\ncert_file = "/etc/outpost/tls/hq.crt"\n'
+               'key_file = "/etc/outpost/tls/hq.key"\n')
+    drive = tmp_path / "seed.img"
+    make_config_drive(drive, {"primary.toml": primary})
+    subprocess.run(["mmd", "-i", str(drive), "::tls"], check=True)
+    for name in ("ca.crt", "hq.crt", "hq.key"):
+        subprocess.run(["mcopy", "-i", str(drive), str(pki / name), f"::tls/{name}"], check=True)
+    port = free_port()
+    vm = Vm(image, tmp_path, seed=drive, forwards={port: 8633})
+    curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+            "--cacert", str(pki / "ca.crt"), "--cert", str(pki / "branch-1.crt"),
+            "--key", str(pki / "branch-1.key"), f"https://127.0.0.1:{port}/sync/v1/snapshot"]
+    try:
+        vm.start()
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        status = ""
+        while time.monotonic() < deadline:
+            assert vm.alive(), f"qemu exited early:\n{vm.console_text()[-3000:]}"
+            status = subprocess.run(curl, capture_output=True, text=True, timeout=30).stdout
+            if status not in ("", "000"):
+                break
+            time.sleep(2)
+        record(primary_boot_to_serving_s=round(time.monotonic() - vm.started, 1))
+        assert status == "200", f"HTTP {status}\n{vm.console_text()[-4000:]}"
+        assert vm.power_off() == 0
+        assert "Stopped outpost-primary.service" in vm.console_text()
+    finally:
+        vm.kill()
