@@ -11,6 +11,7 @@ The lab deploys the site as an installer would (a config file and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -194,13 +195,23 @@ class SupervisedSite:
         self.stopping = True
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        # The site runs in its own session (process group): signal the whole group, so
+        # that a wrapper such as strace does not leave the site itself running.
+        self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("site %s did not stop in %.0fs; killing it", self.name, timeout)
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+        # A wrapper may exit before what it wrapped: make sure nothing of the group stays.
+        time.sleep(0.2)
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
 
 
 @dataclass
