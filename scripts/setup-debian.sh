@@ -20,6 +20,8 @@ declare -A PROBES=(
   # The Ansible roles' lint and syntax tests (tests/unit/test_ansible.py).
   [ansible-core]=/usr/bin/ansible-playbook
   [ansible-lint]=/usr/bin/ansible-lint
+  # systemd-analyze, -sysusers, -tmpfiles for the unit tests (systemd need not be PID 1).
+  [systemd]=/usr/bin/systemd-analyze
 )
 
 missing=()
