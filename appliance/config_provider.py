@@ -1,0 +1,79 @@
+"""`[provider]`: a provider's ordered upstreams and how it talks to them (docs/providers.md).
+
+Parsed by `config.parse` with its error collector (`r`), so that its mistakes are
+reported with every other one, each with its path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROVIDER_TIMINGS = ("heartbeat_interval", "offline_after_misses", "online_after_successes",
+                    "push_batch_size", "pull_batch_size", "request_timeout", "push_interval")
+
+
+@dataclass(frozen=True)
+class ProviderLinkConfig:
+    """`[provider]`: upstream sync URLs in order of preference (the primary's first, then
+    the site server's), the provider's certificate, and the link's timings."""
+
+    upstreams: tuple[str, ...]
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    heartbeat_interval: float = 5.0
+    offline_after_misses: int = 3
+    online_after_successes: int = 3
+    push_batch_size: int = 500
+    pull_batch_size: int = 1000
+    request_timeout: float = 10.0
+    push_interval: float = 1.0
+
+
+def parse_provider(r: Any, root: dict[str, Any], role: str,
+                   base_dir: Path | None) -> ProviderLinkConfig | None:
+    """The `[provider]` table (None when absent); errors go to `r.errors`."""
+    if "provider" not in root:
+        if role == "provider":
+            r.errors.append("provider: required for role 'provider' (upstreams, ca_file, "
+                            "cert_file, key_file)")
+        return None
+    table = r.table(root, "", "provider")
+    if role != "provider":
+        hint = (" (a promoted provider names its primary in [primary]: url = the first "
+                "upstream, the same TLS files)") if role == "site" else ""
+        r.errors.append(f"provider: only a provider has upstreams (this is role {role!r}){hint}")
+    r.unknown(table, "provider", {"upstreams", "ca_file", "cert_file", "key_file",
+                                  *PROVIDER_TIMINGS})
+    raw = r.get(table, "provider", "upstreams", list, [], required=True)
+    upstreams: list[str] = []
+    for i, url in enumerate(raw):
+        where = f"provider.upstreams[{i}]"
+        if not isinstance(url, str) or not url.startswith("https://") \
+                or len(url) <= len("https://"):
+            r.errors.append(f"{where}: expected https://host:port")
+            continue
+        if url.rstrip("/") in upstreams:
+            r.errors.append(f"{where}: {url!r} is listed twice")
+            continue
+        upstreams.append(url.rstrip("/"))
+    if "upstreams" in table and isinstance(raw, list) and not raw:
+        r.errors.append("provider.upstreams: at least one (the primary's sync URL)")
+    files = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = Path(r.get(table, "provider", key, str, "", required=True))
+        files.append(base_dir / value if base_dir is not None else value)
+    defaults = ProviderLinkConfig((), Path(), Path(), Path())
+    values: dict[str, Any] = {}
+    for name in PROVIDER_TIMINGS:
+        default = getattr(defaults, name)
+        value = r.get(table, "provider", name, type(default), default)
+        r.positive(value, f"provider.{name}")
+        values[name] = value
+    for name in ("push_batch_size", "pull_batch_size"):
+        if isinstance(values[name], int) and values[name] > 5000:
+            r.errors.append(f"provider.{name}: at most 5000")
+    return ProviderLinkConfig(upstreams=tuple(upstreams), ca_file=files[0], cert_file=files[1],
+                              key_file=files[2], **values)
