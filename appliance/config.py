@@ -21,6 +21,7 @@ from appliance.config_auth import (
     parse_directory,
     parse_ipp_security,
 )
+from appliance.config_provider import ProviderLinkConfig, parse_provider
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
 from appliance.core.credentials import CardRule
 from appliance.protocols.lpd.parser import parse_lpd_uri
@@ -238,8 +239,8 @@ def _sync_listen(r: _Reader, root: dict[str, Any], role: str,
                             "cert_file, key_file)")
         return None
     table = r.table(root, "", "sync")
-    if role != "primary":
-        r.errors.append(f"sync: only the primary serves sync (this is role {role!r})")
+    if role not in ("primary", "site"):
+        r.errors.append(f"sync: only the primary and a site serve sync (this is role {role!r})")
     r.unknown(table, "sync", {"host", "port", "ca_file", "cert_file", "key_file"})
     host = r.get(table, "sync", "host", str, "127.0.0.1")
     port = r.get(table, "sync", "port", int, DEFAULT_SYNC_PORT)
@@ -266,6 +267,7 @@ class SiteConfig:
     snmp: SnmpConfig = field(default_factory=SnmpConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     primary: PrimaryLinkConfig | None = None   # role 'site': the uplink, when there is one
+    provider: ProviderLinkConfig | None = None  # role 'provider': its ordered upstreams
     sync: SyncListenConfig | None = None       # role 'primary': where sites sync
     lpd: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_LPD_PORT))
     directory: DirectoryConfig | None = None   # `[directory]`: LDAP password checks
@@ -411,11 +413,11 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
                          "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync",
-                         "monitor", "lpd", "directory"})
+                         "provider", "monitor", "lpd", "directory"})
     role = r.get(root, "", "role", str, "site")
-    if role not in ("site", "primary"):
-        r.errors.append(f"role: {role!r} is not supported yet (this build serves 'site' "
-                        "and 'primary')")
+    if role not in ("site", "primary", "provider"):
+        r.errors.append(f"role: {role!r} is not supported (this build serves 'site', "
+                        "'provider' and 'primary')")
     name = r.get(root, "", "name", str, "site", required=True)
     if isinstance(name, str) and ("/" in name or not name.strip()):
         r.errors.append("name: a non-empty name without '/' (it prefixes the site's sync "
@@ -487,6 +489,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         monitor=_monitor(r, root),
         primary=_primary_link(r, root, role, base_dir),
         sync=_sync_listen(r, root, role, base_dir),
+        provider=parse_provider(r, root, role, base_dir),
         lpd=_listen(r, root, "lpd", DEFAULT_LPD_PORT),
         directory=parse_directory(r, root, base_dir),
         ipp_security=parse_ipp_security(r, root, base_dir),

@@ -66,14 +66,14 @@ def test_every_sync_mistake_is_reported_at_once_with_its_path(tmp_path):
                      "primary.offline_after_misses: expected int",
                      "primary.push_batch_size: at most 5000",
                      "primary.colour: unknown setting",
-                     "sync: only the primary serves sync", "sync.port: must be 0..65535"):
+                     "sync.ca_file: required", "sync.port: must be 0..65535"):
         assert any(e.startswith(expected) for e in errors), (expected, errors)
 
 
-def test_roles_other_than_site_and_primary_are_refused(tmp_path):
+def test_roles_other_than_site_primary_and_provider_are_refused(tmp_path):
     with pytest.raises(ConfigError) as caught:
-        parse(base(tmp_path, role="provider"))
-    assert caught.value.errors[0].startswith("role: 'provider' is not supported yet")
+        parse(base(tmp_path, role="printer"))
+    assert caught.value.errors[0].startswith("role: 'printer' is not supported")
     with pytest.raises(ConfigError) as caught:
         parse(base(tmp_path, role="primary", primary=LINK,
                    sync={"ca_file": "a", "cert_file": "b", "key_file": "c"}))
