@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from appliance import failpoints
 from appliance.core.mode import LinkMode, Mode, Transition
+from appliance.core.sync_events import CHECKERS
 from appliance.storage.sync_store import (
     MODE,
     MODE_SINCE,
@@ -41,7 +42,9 @@ from appliance.storage.sync_store import (
 
 log = logging.getLogger(__name__)
 
-EVENT_KINDS = frozenset({"ledger"})
+EVENT_KINDS = frozenset({"ledger"}) | frozenset(CHECKERS)   # job, counter_check, card, user
+#: A site forwarding a provider's event (docs/providers.md); unwrapped by `parse_batch`.
+RELAY = "relay"
 LEDGER_KINDS = frozenset({"charge", "credit", "refund", "adjustment"})
 ACCOUNT_KINDS = frozenset({"personal", "shared", "system"})
 MAX_BATCH_EVENTS = 5000
@@ -131,14 +134,52 @@ def parse_batch(payload: Any, peer: str | None) -> Batch:
             text = canonical(body)
         except ValueError as exc:
             raise SyncError(400, "malformed", f"{where}.body: {exc}") from None
+        if kind == RELAY:
+            checked.append(_relay_event(seq, event_id, site, body, text, seen))
+            continue
         invalid: str | None = None
         ledger: LedgerEvent | None = None
+        record: dict[str, Any] | None = None
         if kind not in EVENT_KINDS:
             invalid = f"unknown event kind {kind!r}"
+        elif kind in CHECKERS:
+            record, invalid = CHECKERS[kind](body, event_id[len(site) + 1:])
         else:
             ledger, invalid = _ledger_event(body, event_id[len(site) + 1:])
-        checked.append(IncomingEvent(seq, event_id, kind, text, digest(text), invalid, ledger))
+        checked.append(IncomingEvent(seq, event_id, kind, text, digest(text), invalid, ledger,
+                                     record=record))
     return Batch(site, batch_id, checked)
+
+
+def _relay_event(seq: int, event_id: str, site: str, body: dict[str, Any], text: str,
+                 seen: set[str]) -> IncomingEvent:
+    """A provider's event that a site forwards (docs/providers.md): handled as if the
+    provider had pushed it itself — its id, its canonical body and digest, its origin — so
+    that the same event arriving directly and through a site is applied once. A relay
+    event that cannot be read is quarantined under its own id."""
+    origin, inner_id, inner_kind, inner = (body.get("origin"), body.get("event_id"),
+                                           body.get("kind"), body.get("body"))
+    problem: str | None = None
+    if not isinstance(origin, str) or not origin or "/" in origin or origin == site:
+        problem = "origin: the name of another appliance"
+    elif not isinstance(inner_id, str) or not inner_id.startswith(origin + "/") \
+            or len(inner_id) <= len(origin) + 1:
+        problem = "event_id: '<origin>/<entry id>'"
+    elif inner_kind != "ledger":
+        problem = f"kind: only ledger events are relayed, not {inner_kind!r}"
+    elif not isinstance(inner, dict):
+        problem = "body: an object"
+    elif inner_id in seen:
+        problem = f"{inner_id} relayed twice in one batch"
+    if problem is not None:
+        return IncomingEvent(seq, event_id, RELAY, text, digest(text),
+                             f"invalid relay event: {problem}")
+    assert isinstance(inner_id, str) and isinstance(inner, dict) and isinstance(origin, str)
+    seen.add(inner_id)
+    inner_text = canonical(inner)
+    ledger, invalid = _ledger_event(inner, inner_id[len(origin) + 1:])
+    return IncomingEvent(seq, inner_id, "ledger", inner_text, digest(inner_text), invalid,
+                         ledger, origin=origin)
 
 
 def _ledger_event(body: dict[str, Any], entry_id: str) -> tuple[LedgerEvent | None, str | None]:

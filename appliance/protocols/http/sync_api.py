@@ -35,9 +35,13 @@ def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
 
 
 class SyncApi:
-    def __init__(self, primary: PrimarySync, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, primary: PrimarySync, *, max_body: int = MAX_BODY,
+                 pushers: frozenset[str] = frozenset({"site", "provider"})) -> None:
         self.primary = primary
         self.max_body = max_body
+        #: Certificate kinds that may push and send heartbeats (a site serving its
+        #: providers accepts only `provider`; docs/providers.md).
+        self.pushers = pushers
 
     async def handle(self, method: str, path: str, query: str, body: bytes,
                      peer: Identity | None) -> tuple[int, bytes]:
@@ -59,13 +63,13 @@ class SyncApi:
             return _error(401, "no_identity", "a client certificate of this deployment is required")
         name = path[len(PREFIX):]
         args = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        site = peer.name if peer.kind == "site" else None
+        site = peer.name if peer.kind in self.pushers else None
         if (method, name) == ("GET", "changes"):
             return _json(200, await self.primary.changes(args.get("since"), args.get("limit")))
         if (method, name) == ("GET", "snapshot"):
             return _json(200, await self.primary.snapshot())
         if (method, name) in (("POST", "events"), ("POST", "heartbeat")):
-            if peer.kind != "site":
+            if peer.kind not in self.pushers:
                 return _error(403, "not_a_site", f"{peer.uri} may not push")
             if len(body) > self.max_body:
                 return _error(413, "too_large", f"at most {self.max_body} bytes")
