@@ -22,7 +22,19 @@ def register(commands: Any) -> None:
     up.add_argument("--seed", type=int, default=1, help="seed for the users' credentials")
     up.add_argument("--lpd-mfds", type=int, default=0, metavar="N",
                     help="configure the last N MFDs at the site as LPD-only devices (default 0)")
+    up.add_argument("--sites", type=int, default=None, metavar="N",
+                    help="a primary and N sites (each with --mfds MFDs), every uplink through "
+                    "the WAN simulator (default: one site, no primary)")
+    up.add_argument("--providers", type=int, default=0, metavar="P",
+                    help="with --sites: P providers, their uplinks through the WAN simulator")
+    up.add_argument("--profile", choices=("default", "fast"), default="default",
+                    help="with --sites: time-based settings (fast: scenario timings)")
+    up.add_argument("--failpoint", action="append", default=[], metavar="DAEMON=SPEC",
+                    help="with --sites: arm OUTPOST_FAILPOINTS=SPEC in DAEMON's first start, "
+                    "e.g. site-1=db.after_commit=kill@40 (repeatable)")
+    up.add_argument("--wan-seed", type=int, default=0, help="with --sites: the WAN simulator's seed")
     up.set_defaults(func=lab_up_command)
+
 
     demo = commands.add_parser("demo", help="run the scripted demo over a lab and print a report")
     demo.add_argument("--dir", type=Path, default=None,
@@ -40,6 +52,8 @@ def lab_up_command(args: argparse.Namespace) -> int:
     if not 10 <= args.users <= 12:
         print("--users must be 10..12", file=sys.stderr)
         return 2
+    if args.sites is not None:
+        return multi_lab_up(args)
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
@@ -78,6 +92,83 @@ def lab_up_command(args: argparse.Namespace) -> int:
             d = defer.ensureDeferred(lab.stop())
             d.addBoth(lambda _: reactor.stop())
 
+        reactor.callFromThread(shutdown)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
+    reactor.run(installSignalHandlers=False)
+    return status["code"]
+
+
+def multi_lab_up(args: argparse.Namespace) -> int:
+    """`lab up --sites N`: a primary, N sites and P providers (simulators/lab/multi.py)."""
+    if not 1 <= args.sites <= 20:
+        print("--sites must be 1..20", file=sys.stderr)
+        return 2
+    if not 0 <= args.providers <= 20:
+        print("--providers must be 0..20", file=sys.stderr)
+        return 2
+    if args.lpd_mfds:
+        print("--lpd-mfds is for the single-site lab (no --sites)", file=sys.stderr)
+        return 2
+    failpoints = {}
+    for item in args.failpoint:
+        daemon, sep, spec = item.partition("=")
+        if not sep or not spec:
+            print(f"--failpoint {item!r}: expected DAEMON=SPEC", file=sys.stderr)
+            return 2
+        failpoints[daemon] = spec
+    from simulators.lab.multi import MultiLab, MultiLabOptions
+
+    options = MultiLabOptions(args.dir, sites=args.sites, providers=args.providers,
+                              mfds=args.mfds, seed=args.seed, users=args.users,
+                              profile=args.profile, failpoints=failpoints,
+                              wan_seed=args.wan_seed)
+    try:
+        if args.providers:
+            MultiLab._check_providers()
+    except ValueError as exc:
+        print(f"--providers: {exc}", file=sys.stderr)
+        return 2
+    return _run_lab(lambda reactor: MultiLab(options, reactor))
+
+
+def _run_lab(make: Any) -> int:
+    """Run a lab until SIGINT/SIGTERM on the asyncio reactor."""
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
+    from twisted.internet import defer
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s lab %(levelname)s %(message)s")
+    lab = make(reactor)
+    status = {"code": 0}
+    stopping = {"done": False}
+
+    def shutdown() -> None:
+        d = defer.ensureDeferred(lab.stop())
+        d.addBoth(lambda _: reactor.stop())
+
+    async def run() -> None:
+        try:
+            endpoints = await lab.start()
+        except Exception as exc:
+            logging.getLogger("outpost.lab").error("lab failed to start: %s", exc)
+            status["code"] = 1
+            stopping["done"] = True
+            shutdown()
+            return
+        print(json.dumps({"event": "ready", "endpoints": str(lab.endpoints_path),
+                          "site_pid": endpoints["sites"][0]["pid"]}), flush=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        if stopping["done"]:
+            return
+        stopping["done"] = True
         reactor.callFromThread(shutdown)
 
     signal.signal(signal.SIGINT, stop)

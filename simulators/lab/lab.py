@@ -154,10 +154,19 @@ class SupervisedSite:
     stopping: bool = False
     history: list[str] = field(default_factory=list)
     on_restart: Any = None
+    #: Extra environment for every start, and for the first start only (failpoints).
+    env: dict[str, str] | None = None
+    first_env: dict[str, str] | None = None
+    starts: int = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logfile = open(self.log_path, "ab")
+        environment = None
+        if self.env or (self.first_env and self.starts == 0):
+            environment = {**os.environ, **(self.env or {}),
+                           **((self.first_env or {}) if self.starts == 0 else {})}
+        self.starts += 1
         # A wrapper command (e.g. `strace -f -o FILE`) may be put in front of the site, so
         # that tests can watch its system calls; the lab is otherwise unchanged by it.
         prefix = shlex.split(os.environ.get("OUTPOST_LAB_SITE_PREFIX", ""))
@@ -165,7 +174,7 @@ class SupervisedSite:
             [*prefix, sys.executable, "-m", "appliance.cli", "serve", "--config",
              str(self.config_path)],
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, env=environment,
         )
         logfile.close()
         log.info("started site %s (pid %d)", self.name, self.process.pid)

@@ -102,12 +102,23 @@ def port_open(port: int) -> bool:
 
 @contextmanager
 def running_lab(directory: Path, mfds: int = 2, env: dict[str, str] | None = None,
-                timeout: float = 120.0, users: int = 10, lpd_mfds: int = 0) -> Iterator[RunningLab]:
+                timeout: float = 120.0, users: int = 10, lpd_mfds: int = 0,
+                sites: int | None = None, providers: int = 0, profile: str = "default",
+                failpoints: dict[str, str] | None = None,
+                wan_seed: int = 0) -> Iterator[RunningLab]:
+    """`outpost lab up` as a subprocess; with `sites`, a primary and that many sites."""
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "lab.log", "ab")
+    command = [sys.executable, "-m", "appliance.cli", "lab", "up", "--dir", str(directory),
+               "--mfds", str(mfds), "--users", str(users)]
+    if sites is None:
+        command += ["--lpd-mfds", str(lpd_mfds)]
+    else:
+        command += ["--sites", str(sites), "--providers", str(providers), "--profile", profile,
+                    "--wan-seed", str(wan_seed)]
+        command += [f"--failpoint={d}={spec}" for d, spec in (failpoints or {}).items()]
     process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "lab", "up", "--dir", str(directory), "--mfds",
-         str(mfds), "--users", str(users), "--lpd-mfds", str(lpd_mfds)], stdout=log,
+        command, stdout=log,
         stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, **(env or {})}, start_new_session=True)
     try:
