@@ -62,8 +62,7 @@ class Site:
     snmp_poller: Any = None   # protocols.snmp.poller.SnmpPoller, when a device has SNMP
     ipp_watcher: Any = None   # protocols.ipp.watcher.IppWatcher, when [monitor] ipp_interval > 0
     sync: Any = None          # core.sync.SiteSync, when a [primary] is configured
-    #: A site's `[sync]` port for its providers (roles/provider.py), or None.
-    relay: Any = None
+    renewal: Any = None       # roles.site_renewal.RenewalLoop: renews the sync certificate
 
     def listen(self) -> dict[str, int]:
         """Open the IPP, device-API and LPD ports; returns the bound port numbers."""
@@ -80,10 +79,6 @@ class Site:
                                      LpdServerFactory(self.jobs, reactor=self.reactor),
                                      interface=self.config.lpd.host)
         self.ports = {"ipp": ipp, "device_api": api, "lpd": lpd}
-        if self.relay is not None:
-            from appliance.roles.provider import listen_relay
-
-            self.ports["sync"] = listen_relay(self.config, self.reactor, self.relay)
         return {name: port.getHost().port for name, port in self.ports.items()}
 
     async def start(self) -> dict[str, int]:
@@ -98,6 +93,8 @@ class Site:
             self.ipp_watcher.start()
         if self.sync is not None:
             self.sync.start()
+        if self.renewal is not None:
+            self.renewal.start()
         return self.listen()
 
     def _expire(self) -> defer.Deferred[None]:
@@ -106,6 +103,8 @@ class Site:
         return d.addCallback(lambda _: None)
 
     async def stop(self) -> None:
+        if self.renewal is not None:
+            self.renewal.stop()
         if self.sync is not None:
             await self.sync.stop()
         if self._expiry is not None and self._expiry.running:
@@ -136,6 +135,7 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
     database.run_sync(lambda db: declare_role_sync(db, "site", config.name))
     store = SiteStore(database)
     by_name = {d.name: d for d in devices}
+    uplink, renewal = _uplink(config, reactor, database)
 
     def policy_for(device: str | None) -> CostPolicy:
         name = by_name[device].cost_policy if device in by_name else "default"
@@ -174,10 +174,10 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
                 ipp_client=ipp_client, ipp_root=build_ipp_root(
                     jobs, authenticator=_queue_authenticator(config, auth)),
-                device_api=device_api, relay=_relay(config, reactor, database),
+                device_api=device_api,
                 monitor=monitor, snmp_poller=snmp_poller,
                 ipp_watcher=_ipp_watcher(config, reactor, ipp_client, monitor),
-                sync=_uplink(config, reactor, database))
+                sync=uplink, renewal=renewal)
 
 
 def _identity_options(config: SiteConfig, reactor: Any, database: Database) -> dict[str, Any]:
@@ -244,20 +244,19 @@ def _ipp_watcher(config: SiteConfig, reactor: Any, client: IppClient,
     return watcher
 
 
-def _uplink(config: SiteConfig, reactor: Any, database: Database) -> Any:
-    """The site's sync service (push outbox, pull changes, heartbeats), if it has a primary."""
-    if config.role == "provider":   # its ordered upstreams instead (docs/providers.md)
-        from appliance.roles.provider import provider_uplink
-
-        return provider_uplink(config, reactor, database)
+def _uplink(config: SiteConfig, reactor: Any, database: Database) -> tuple[Any, Any]:
+    """The site's sync service (push outbox, pull changes, heartbeats) and the renewal of
+    its certificate (docs/wire/enroll.md), if it has a primary."""
     link = config.primary
     if link is None:
-        return None
+        return None, None
     from appliance.core.mode import LinkMode
     from appliance.core.sync import SiteSync
     from appliance.protocols.http.sync_client import HttpsTransport, HttpSyncClient
+    from appliance.roles.site_renewal import recover_pending, renewal_loop
     from appliance.storage.sync_store import SyncStore
 
+    recover_pending(link.cert_file, link.key_file)   # a renewal a crash interrupted
     transport = HttpsTransport.from_files(
         reactor, link.url, ca_file=link.ca_file, cert_file=link.cert_file,
         key_file=link.key_file, timeout=link.request_timeout)
@@ -267,16 +266,7 @@ def _uplink(config: SiteConfig, reactor: Any, database: Database) -> Any:
                     client=HttpSyncClient(transport), mode=mode, clock=reactor,
                     heartbeat_interval=link.heartbeat_interval,
                     push_batch_size=link.push_batch_size, pull_limit=link.pull_batch_size,
-                    push_interval=link.push_interval)
-
-
-def _relay(config: SiteConfig, reactor: Any, database: Database) -> Any:
-    """A site's sync port for the providers that fail over to it, if it has `[sync]`."""
-    if config.role != "site" or config.sync is None:
-        return None
-    from appliance.roles.provider import relay_api
-
-    return relay_api(config, database, reactor)
+                    push_interval=link.push_interval), renewal_loop(config, reactor, transport)
 
 
 def _device_monitoring(config: SiteConfig, reactor: Any,

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pki_cli.register(commands)
 
+    from appliance import enroll_cli
+
+    enroll_cli.register(commands)
+
     from simulators.lab import cli as lab_cli
 
     lab_cli.register(commands)

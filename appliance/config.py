@@ -21,6 +21,7 @@ from appliance.config_auth import (
     parse_directory,
     parse_ipp_security,
 )
+from appliance.config_enroll import EnrollConfig, parse_enroll
 from appliance.config_provider import ProviderLinkConfig, parse_provider
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
 from appliance.core.credentials import CardRule
@@ -271,6 +272,7 @@ class SiteConfig:
     sync: SyncListenConfig | None = None       # role 'primary': where sites sync
     lpd: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_LPD_PORT))
     directory: DirectoryConfig | None = None   # `[directory]`: LDAP password checks
+    enroll: EnrollConfig | None = None         # `[enroll]`: join tokens, rotation
     ipp_security: IppSecurityConfig = field(default_factory=IppSecurityConfig)
 
     @property
@@ -413,7 +415,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
                          "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync",
-                         "provider", "monitor", "lpd", "directory"})
+                         "provider", "monitor", "lpd", "directory", "enroll"})
     role = r.get(root, "", "role", str, "site")
     if role not in ("site", "primary", "provider"):
         r.errors.append(f"role: {role!r} is not supported (this build serves 'site', "
@@ -492,6 +494,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         provider=parse_provider(r, root, role, base_dir),
         lpd=_listen(r, root, "lpd", DEFAULT_LPD_PORT),
         directory=parse_directory(r, root, base_dir),
+        enroll=parse_enroll(r, root, role, base_dir),
         ipp_security=parse_ipp_security(r, root, base_dir),
     )
     check_basic_needs_tls(r, config.ipp.host, config.ipp_security,

@@ -15,7 +15,7 @@ import datetime
 import ipaddress
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ KINDS = ("site", "primary", "provider")
 class Identity:
     kind: str
     name: str
+    #: The certificate's serial number, when the identity was read from one (revocation).
+    serial: int | None = field(default=None, compare=False)
 
     @property
     def uri(self) -> str:
@@ -141,7 +143,7 @@ def identity_of(cert: x509.Certificate) -> Identity | None:
             continue
         kind, _, name = uri[len(prefix):].partition("/")
         if kind in KINDS and name and "/" not in name:
-            found.append(Identity(kind, name))
+            found.append(Identity(kind, name, cert.serial_number))
     return found[0] if len(found) == 1 else None
 
 

@@ -52,6 +52,11 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.check:
         print("configuration ok")
         return 0
+    from appliance.enroll_cli import enroll_before_serve
+
+    enrolled = enroll_before_serve(args.config, config)   # first boot: enroll.toml, no cert
+    if enrolled:
+        return enrolled
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()

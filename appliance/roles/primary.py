@@ -35,14 +35,22 @@ class Primary:
     sync: PrimarySync
     api: SyncApi
     ports: dict[str, Any] = field(default_factory=dict)
+    enrollment: Any = None   # core.enrollment.PrimaryEnrollment, with an [enroll] section
 
     def listen(self) -> dict[str, int]:
         listen = self.config.sync
         assert listen is not None
         tls = server_options(listen.ca_file, listen.cert_file, listen.key_file)
-        port = self.reactor.listenSSL(listen.port, server.Site(SyncResource(self.api)), tls,
+        routes: Any = self.api
+        if self.enrollment is not None:
+            from appliance.roles.enroll_listen import enroll_routes
+
+            routes, enroll_port = enroll_routes(self)
+        port = self.reactor.listenSSL(listen.port, server.Site(SyncResource(routes)), tls,
                                       interface=listen.host)
         self.ports = {"sync": port}
+        if self.enrollment is not None:
+            self.ports["enroll"] = enroll_port
         return {name: p.getHost().port for name, p in self.ports.items()}
 
     async def start(self) -> dict[str, int]:
@@ -71,5 +79,10 @@ def build_primary(config: SiteConfig, reactor: Any) -> Primary:
     database.run_sync(prepare)
     store = SyncStore(database)
     sync = PrimarySync(store=store, clock=reactor.seconds)
-    return Primary(config=config, reactor=reactor, database=database, sync_store=store,
-                   sync=sync, api=SyncApi(sync))
+    primary = Primary(config=config, reactor=reactor, database=database, sync_store=store,
+                      sync=sync, api=SyncApi(sync))
+    if config.enroll is not None:
+        from appliance.roles.enroll_listen import build_enrollment
+
+        primary.enrollment = build_enrollment(config, database, reactor)
+    return primary

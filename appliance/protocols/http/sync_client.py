@@ -88,9 +88,14 @@ class HttpsTransport:
         self._reactor = reactor
         # Not persistent: after a partition, a kept-alive connection is a trap.
         pool = HTTPConnectionPool(reactor, persistent=False)
-        agent = Agent(reactor, contextFactory=_FixedPolicy(creator), connectTimeout=timeout,
-                      pool=pool)
+        self._policy = _FixedPolicy(creator)
+        agent = Agent(reactor, contextFactory=self._policy, connectTimeout=timeout, pool=pool)
         self._http = HTTPClient(agent)
+
+    def use(self, creator: Any) -> None:
+        """New connections use `creator` (e.g. a renewed certificate); open ones finish
+        with the one they started with. Nothing restarts."""
+        self._policy.creator = creator
 
     @classmethod
     def from_files(cls, reactor: Any, base_url: str, *, ca_file: Path, cert_file: Path,
