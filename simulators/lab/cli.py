@@ -30,10 +30,14 @@ def register(commands: Any) -> None:
     up.add_argument("--profile", choices=("default", "fast"), default="default",
                     help="with --sites: time-based settings (fast: scenario timings)")
     up.add_argument("--failpoint", action="append", default=[], metavar="DAEMON=SPEC",
-                    help="with --sites: arm OUTPOST_FAILPOINTS=SPEC in DAEMON's first start, "
-                    "e.g. site-1=db.after_commit=kill@40 (repeatable)")
+                    help="with --sites: arm OUTPOST_FAILPOINTS=SPEC in DAEMON's first start "
+                    "(DAEMON@N: its N-th), e.g. site-1=db.after_commit=kill@40 (repeatable)")
     up.add_argument("--wan-seed", type=int, default=0, help="with --sites: the WAN simulator's seed")
     up.set_defaults(func=lab_up_command)
+
+    from simulators.lab.run_cli import register_run
+
+    register_run(lab_commands)
 
 
     demo = commands.add_parser("demo", help="run the scripted demo over a lab and print a report")
@@ -117,6 +121,10 @@ def multi_lab_up(args: argparse.Namespace) -> int:
         daemon, sep, spec = item.partition("=")
         if not sep or not spec:
             print(f"--failpoint {item!r}: expected DAEMON=SPEC", file=sys.stderr)
+            return 2
+        name, _, nth = daemon.partition("@")
+        if not name or (nth and not nth.isdigit()):
+            print(f"--failpoint {item!r}: expected DAEMON[@N]=SPEC", file=sys.stderr)
             return 2
         failpoints[daemon] = spec
     from simulators.lab.multi import MultiLab, MultiLabOptions

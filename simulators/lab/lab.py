@@ -154,19 +154,18 @@ class SupervisedSite:
     stopping: bool = False
     history: list[str] = field(default_factory=list)
     on_restart: Any = None
-    #: Extra environment for every start, and for the first start only (failpoints).
+    #: Extra environment for every start, and for the N-th start only (N from 1:
+    #: failpoints armed in one life of the process).
     env: dict[str, str] | None = None
-    first_env: dict[str, str] | None = None
+    start_envs: dict[int, dict[str, str]] | None = None
     starts: int = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logfile = open(self.log_path, "ab")
-        environment = None
-        if self.env or (self.first_env and self.starts == 0):
-            environment = {**os.environ, **(self.env or {}),
-                           **((self.first_env or {}) if self.starts == 0 else {})}
         self.starts += 1
+        once = (self.start_envs or {}).get(self.starts, {})
+        environment = {**os.environ, **(self.env or {}), **once} if self.env or once else None
         # A wrapper command (e.g. `strace -f -o FILE`) may be put in front of the site, so
         # that tests can watch its system calls; the lab is otherwise unchanged by it.
         prefix = shlex.split(os.environ.get("OUTPOST_LAB_SITE_PREFIX", ""))

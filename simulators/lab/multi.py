@@ -84,7 +84,7 @@ class MultiLabOptions:
     users: int = 10
     argon2_memory_kib: int = 8192
     profile: str = "default"
-    #: daemon name -> OUTPOST_FAILPOINTS spec, armed on its first start only.
+    #: "daemon[@N]" -> OUTPOST_FAILPOINTS spec, armed in its N-th start only (default 1).
     failpoints: dict[str, str] = field(default_factory=dict)
     wan_seed: int = 0
 
@@ -281,10 +281,13 @@ class MultiLab:
 
     def _daemon(self, name: str, config: Path) -> SupervisedSite:
         env = _daemon_env(self.dir)
-        first = self.options.failpoints.get(name)
+        once: dict[int, dict[str, str]] = {}
+        for key, spec in self.options.failpoints.items():
+            daemon_name, _, nth = key.partition("@")
+            if daemon_name == name:
+                once[int(nth or 1)] = {"OUTPOST_FAILPOINTS": spec}
         daemon = SupervisedSite(name, config, self.dir / name / "state" / "logs" / f"{name}.log",
-                                on_restart=self.refresh_pids, env=env,
-                                first_env={"OUTPOST_FAILPOINTS": first} if first else None)
+                                on_restart=self.refresh_pids, env=env, start_envs=once)
         self.daemons[name] = daemon
         return daemon
 
