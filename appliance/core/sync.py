@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
@@ -160,8 +160,8 @@ def _relay_event(seq: int, event_id: str, site: str, body: dict[str, Any], text:
     elif not isinstance(inner_id, str) or not inner_id.startswith(origin + "/") \
             or len(inner_id) <= len(origin) + 1:
         problem = "event_id: '<origin>/<entry id>'"
-    elif inner_kind != "ledger":
-        problem = f"kind: only ledger events are relayed, not {inner_kind!r}"
+    elif not isinstance(inner_kind, str) or inner_kind == RELAY:
+        problem = f"kind: an event kind other than {RELAY!r}"
     elif not isinstance(inner, dict):
         problem = "body: an object"
     elif inner_id in seen:
@@ -169,12 +169,17 @@ def _relay_event(seq: int, event_id: str, site: str, body: dict[str, Any], text:
     if problem is not None:
         return IncomingEvent(seq, event_id, RELAY, text, digest(text),
                              f"invalid relay event: {problem}")
-    assert isinstance(inner_id, str) and isinstance(inner, dict) and isinstance(origin, str)
+    assert isinstance(inner_id, str) and isinstance(origin, str)
     seen.add(inner_id)
-    inner_text = canonical(inner)
-    ledger, invalid = _ledger_event(inner, inner_id[len(origin) + 1:])
-    return IncomingEvent(seq, inner_id, "ledger", inner_text, digest(inner_text), invalid,
-                         ledger, origin=origin)
+    # The inner event is checked exactly as the provider's own push would be.
+    try:
+        (event,) = parse_batch({"site": origin, "batch_id": "relay", "events": [
+            {"seq": seq, "event_id": inner_id, "kind": inner_kind, "body": inner}]},
+            origin).events
+    except SyncError as exc:
+        return IncomingEvent(seq, event_id, RELAY, text, digest(text),
+                             f"invalid relay event: {exc}")
+    return replace(event, origin=origin)
 
 
 def _ledger_event(body: dict[str, Any], entry_id: str) -> tuple[LedgerEvent | None, str | None]:

@@ -55,9 +55,10 @@ def accept_provider_batch_sync(db: sqlite_utils.Database, site: str, provider: s
             reason = f"event id already received with another body (sha256 {seen})"
         elif event.invalid is not None:
             reason = event.invalid
-        elif event.ledger is None or event.origin is not None:
-            reason = f"a provider pushes ledger events only, not {event.kind!r}"
-        elif event.event_id in ledger_origin and ledger_origin[event.event_id] != provider:
+        elif event.origin is not None:
+            reason = "a provider pushes its own events; it does not relay"
+        elif event.ledger is not None and event.event_id in ledger_origin \
+                and ledger_origin[event.event_id] != provider:
             reason = "a ledger entry with this id exists that this provider did not make"
         if reason is not None:
             cur = db.conn.execute(
@@ -69,13 +70,15 @@ def accept_provider_batch_sync(db: sqlite_utils.Database, site: str, provider: s
             outcome.quarantined.append({"seq": event.seq, "event_id": event.event_id,
                                         "reason": reason})
             continue
-        if event.event_id in ledger_origin:
+        if event.ledger is not None and event.event_id in ledger_origin:
             # The site pulled this very row from the primary, which had it from the provider
             # directly: the primary is charged already; nothing to relay.
             outcome.duplicates += 1
         else:
-            assert event.ledger is not None
-            _apply_ledger_event(db, provider, event.event_id, event.ledger, accounts)
+            # A charge also enters the site's ledger (offline balances count it); every
+            # event, charge or not (a job record...), is relayed to the primary as it is.
+            if event.ledger is not None:
+                _apply_ledger_event(db, provider, event.event_id, event.ledger, accounts)
             relay = {"origin": provider, "event_id": event.event_id, "kind": event.kind,
                      "body": json.loads(event.body)}
             db.conn.execute(

@@ -340,6 +340,7 @@ async def test_the_primary_quarantines_relay_events_it_cannot_read(world):
         {"origin": "p1", "event_id": "p1/print:x:1", "kind": "relay", "body": LEDGER_BODY},
         {"origin": "p1", "event_id": "p1/print:y:1", "kind": "ledger",
          "body": LEDGER_BODY},                                    # entry id mismatch
+        {"origin": "p1", "event_id": "p1/x", "kind": "gizmo", "body": {}},
     ]
     batch = {"site": "branch", "batch_id": "t",
              "events": [_event(i + 1, f"branch/relay:{i}", b, "relay")
@@ -348,7 +349,7 @@ async def test_the_primary_quarantines_relay_events_it_cannot_read(world):
     assert status == 200 and answer["applied"] == 0
     reasons = [q["reason"] for q in answer["quarantined"]]
     assert [r.split(":")[0] for r in reasons] == ["invalid relay event"] * 3 + [
-        "invalid ledger event"], reasons
+        "invalid ledger event", "unknown event kind 'gizmo'"], reasons
     assert world.primary.count("SELECT COUNT(*) FROM ledger") == 0
 
 
