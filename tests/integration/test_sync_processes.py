@@ -6,126 +6,22 @@ charging them; when the primary is back, the outbox drains and the outage is rep
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from appliance.pki import issue, make_ca
-from simulators.lab.lab import free_port
+from tests.integration.sync_procs import (  # noqa: F401  (re-exported for benchmarks)
+    FAST_LINK,
+    api,
+    copy,
+    deployment,
+    query,
+    serve,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def serve(config: Path, log: Path, failpoints: str = "",
-          hits: Path | None = None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, OUTPOST_FAILPOINTS=failpoints)
-    if hits is not None:
-        env["OUTPOST_FAILPOINTS_LOG"] = str(hits)
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
-def wait_for(check, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def api(port: int, path: str, body: dict, token: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/v1/{path}", data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "x-outpost-device": "mfd-1",
-                 **({"authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-FAST_LINK = ("heartbeat_interval = 0.2\noffline_after_misses = 2\n"
-             "online_after_successes = 2\nrequest_timeout = 1.0\n")
-
-
-def deployment(tmp_path: Path, link: str = FAST_LINK) -> dict:
-    """A CA, certificates, a primary and a site configuration, alice imported at the
-    primary, and the deployment's card key copied to the site."""
-    ca = make_ca()
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    (pki / "ca.crt").write_bytes(ca.cert_pem)
-    hq_cert, hq_key = issue(ca, kind="primary", name="hq", hosts=["127.0.0.1"]).write(pki, "hq")
-    site_cert, site_key = issue(ca, kind="site", name="branch").write(pki, "branch")
-    sync_port, ipp_port, api_port = free_port(), free_port(), free_port()
-    primary_toml = tmp_path / "hq.toml"
-    primary_toml.write_text(
-        f'role = "primary"\nname = "hq"\nstate_dir = "{tmp_path}/hq/state"\n'
-        f'secrets_dir = "{tmp_path}/hq/secrets"\n[auth]\nargon2_memory_kib = 8192\n'
-        f'[sync]\nport = {sync_port}\nca_file = "{pki}/ca.crt"\ncert_file = "{hq_cert}"\n'
-        f'key_file = "{hq_key}"\n')
-    site_toml = tmp_path / "branch.toml"
-    site_toml.write_text(
-        f'role = "site"\nname = "branch"\nstate_dir = "{tmp_path}/branch/state"\n'
-        f'secrets_dir = "{tmp_path}/branch/secrets"\n'
-        f"[ipp]\nport = {ipp_port}\n[device_api]\nport = {api_port}\n"
-        f"[lpd]\nport = {free_port()}\n"
-        "[auth]\nargon2_memory_kib = 8192\n"
-        '[[devices]]\nname = "mfd-1"\nuri = "ipp://127.0.0.1:9/ipp/print"\n'
-        f'[primary]\nurl = "https://127.0.0.1:{sync_port}"\nca_file = "{pki}/ca.crt"\n'
-        f'cert_file = "{site_cert}"\nkey_file = "{site_key}"\n{link}')
-    users = tmp_path / "users.json"
-    users.write_text(json.dumps([{"username": "alice", "card": "0042", "pin": "1234",
-                                  "balance": 1000}]))
-    subprocess.run([sys.executable, "-m", "appliance.cli", "users", "import", "--config",
-                    str(primary_toml), str(users)], check=True, capture_output=True)
-    # The deployment's card key: one for all appliances (enrollment will hand it out).
-    (tmp_path / "branch" / "secrets").mkdir(parents=True)
-    key = tmp_path / "branch" / "secrets" / "card-hmac.key"
-    key.write_bytes((tmp_path / "hq" / "secrets" / "card-hmac.key").read_bytes())
-    os.chmod(key, 0o600)
-    return {"primary_toml": primary_toml, "site_toml": site_toml, "api_port": api_port,
-            "hq_db": tmp_path / "hq" / "state" / "outpost.sqlite3",
-            "site_db": tmp_path / "branch" / "state" / "outpost.sqlite3"}
-
-
-def copy(api_port: int, token: str, usage_id: str) -> tuple[int, dict]:
-    return api(api_port, "usage", {"id": usage_id, "kind": "copy", "pages": 1,
-                                   "colour": False, "sides": "one-sided"}, token)
 
 
 def test_a_site_replicates_pushes_and_outlives_its_primary(tmp_path):
