@@ -143,7 +143,8 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
 
     spool = Spool(config.spool_dir, max_document=int(config.jobs.max_document_mb * MB),
                   max_per_user=int(config.jobs.max_user_mb * MB),
-                  max_total=int(config.jobs.max_total_mb * MB))
+                  max_total=int(config.jobs.max_total_mb * MB),
+                  min_free=int(config.jobs.min_free_mb * MB))
     queues = [Queue(FINDME, "findme", None, "Find-Me: release at any printer of the site")]
     queues += [Queue(d.name, "direct", d.name, f"Direct queue of {d.name}") for d in devices]
     jobs = PrintService(store=store, spool=spool, queues=queues, policies=policy_for,

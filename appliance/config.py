@@ -134,6 +134,9 @@ class JobsConfig:
     max_document_mb: float = 256.0
     max_user_mb: float = 1024.0
     max_total_mb: float = 8192.0
+    #: Free-space floor of the spool's filesystem: below it no new job is accepted
+    #: (storage/disk.py), so that the database keeps room for charges.
+    min_free_mb: float = 64.0
     expire_interval: float = 60.0
     use_ghostscript: bool = True
 

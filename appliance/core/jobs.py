@@ -109,7 +109,8 @@ class PrintService:
         return queue
 
     async def begin_document(self, owner: str) -> IncomingDocument:
-        """Start receiving a document for `owner`; raises JobError past a spool cap."""
+        """Start receiving a document for `owner`; raises JobError past a spool cap and
+        DiskFull (storage.disk) when the disk is full or below its free-space floor."""
         mine, total = await self.store.spool_usage(owner)
         try:
             return self.spool.begin(owner, mine, total)
@@ -120,8 +121,10 @@ class PrintService:
         self, queue_name: str, owner: str, name: str, options: JobOptions,
         document_format: str = "application/octet-stream",
     ) -> Job:
-        """Create-Job: a job that waits for its document (Send-Document)."""
+        """Create-Job: a job that waits for its document (Send-Document). Below the
+        spool's free-space floor no job is created (storage.disk.DiskFull)."""
         queue = self.validate(queue_name, owner, options)
+        self.spool.check_free()
         user = await self.store.user_by_name(owner)
         return await self.store.insert_job(
             uuid=uuidlib.uuid4().hex, queue=queue.name, owner=owner,

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from appliance import failpoints
+from appliance.storage.disk import as_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +223,16 @@ class Database:
                 conn.execute("SAVEPOINT request")
                 try:
                     outcomes.append(work(self.db))
-                except Exception:
-                    outcomes.append(Failure())
+                except Exception as exc:
+                    outcomes.append(Failure(as_disk_full(exc)))
                     conn.execute("ROLLBACK TO request")
                 conn.execute("RELEASE request")
             conn.execute("COMMIT")
             failpoints.hit("db.after_commit")
-        except Exception:
+        except Exception as exc:
             # The transaction itself failed (disk full, I/O error): nothing in it is
-            # durable, so nothing may be acknowledged.
-            failure = Failure()
+            # durable, so nothing may be acknowledged. A full disk is told as DiskFull.
+            failure = Failure(as_disk_full(exc))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return [failure] * len(group)

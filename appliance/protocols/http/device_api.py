@@ -23,6 +23,7 @@ from appliance.core.credentials import Session
 from appliance.core.jobs import JobError, PrintService
 from appliance.core.model import Job
 from appliance.core.release import ReleaseService
+from appliance.storage.disk import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,16 @@ class DeviceApi(resource.Resource):
             return status, {"ok": False, "error": {"code": code, "message": str(exc)}}
         except UsageError as exc:
             return 409, {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+        except DiskFull as exc:
+            # 507 Insufficient Storage (RFC 4918 11.5): the server cannot store what the
+            # request needs, a condition "considered to be temporary". Nothing was
+            # recorded; the panel keeps its usage id and reports it again later.
+            log.error("device API %s refused: %s", request.path.decode(errors="replace"), exc)
+            request.setHeader(b"retry-after", b"60")
+            return 507, {"ok": False, "error": {
+                "code": "disk_full",
+                "message": "the site's disk is full; nothing was recorded, try again later"},
+                "retry_after": 60}
 
     async def _route(self, request: Request) -> tuple[int, dict[str, Any]]:
         postpath: list[bytes] = getattr(request, "postpath", [])

@@ -41,6 +41,7 @@ from twisted.web.http import Request
 
 from appliance.core.jobs import FINDME, JobError, PrintService
 from appliance.core.model import Job, JobOptions, Queue
+from appliance.storage.disk import DiskFull
 from appliance.storage.spool import IncomingDocument, SpoolFull
 
 from . import attributes as tables
@@ -81,6 +82,20 @@ _SPOOL_FULL_MESSAGE = {
     "user": "You have too many documents waiting; release or cancel some first",
     "total": "The site's spool is full; try again later",
 }
+
+#: A full disk (or one below `[jobs] min_free_mb`), as IPP says it. RFC 8011 13.1.5.6
+#: server-error-temporary-error: "A temporary error such as a buffer full write error, a
+#: memory overflow, or a disk full condition occurred while the IPP Printer was performing
+#: the operation. The client MAY try the unmodified request again at some later point in
+#: time", which is exactly the case: nothing of the request was kept, and the same request
+#: succeeds once space is freed. Not client-error-request-entity-too-large (a client
+#: error: it says the request itself is larger than the printer will take, which the
+#: spool caps use; here any document would be refused) nor
+#: server-error-not-accepting-jobs (tied to printer-is-accepting-jobs, an administrator's
+#: switch, not a condition that clears by itself).
+DISK_FULL_STATUS = Status.SERVER_ERROR_TEMPORARY_ERROR
+DISK_FULL_MESSAGE = ("The print server's disk is full; the job was not accepted. "
+                     "Try again later")
 
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
@@ -346,6 +361,9 @@ class IppPrinterResource(resource.Resource):
         except SpoolFull as exc:
             reply = self._error(message, Status.CLIENT_ERROR_REQUEST_ENTITY_TOO_LARGE,
                                 f"{_SPOOL_FULL_MESSAGE.get(exc.scope, 'Too large')} ({exc})")
+        except DiskFull as exc:
+            log.error("IPP operation 0x%04x refused: %s", message.code, exc)
+            reply = self._error(message, DISK_FULL_STATUS, DISK_FULL_MESSAGE)
         except ClientGone as exc:
             log.info("IPP operation 0x%04x abandoned: %s", message.code, exc)
             reply = self._error(message, Status.CLIENT_ERROR_BAD_REQUEST, str(exc))

@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from appliance.core.jobs import JobError, PrintService
 from appliance.core.model import Job, JobOptions, Queue
+from appliance.storage.disk import DiskFull
 from appliance.storage.spool import IncomingDocument, SpoolFull
 
 from . import parser as wire
@@ -202,6 +203,8 @@ class LpdServerProtocol(protocol.Protocol, TimeoutMixin):
                     self._refuse(f"{exc.code}: {exc}")
                 except SpoolFull as exc:
                     self._refuse(f"spool full ({exc.scope}): {exc}")
+                except DiskFull as exc:   # nothing of the job is kept; a client retries
+                    self._refuse(f"disk full: {exc}")
         finally:
             self._busy = False
             if not self._open and self._receipt is not None:
