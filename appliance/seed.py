@@ -17,6 +17,12 @@ from the first seed it finds:
    serves IPP on 631 and LPD on 515 on every address). ``outpost.primary=URL``,
    ``outpost.token=T`` and ``outpost.ca_pin=sha256:...`` go to enroll.toml.
 
+A site seeded with a primary URL but no ``[primary]`` section of its own also gets
+``site.toml.d/50-enroll.toml``: ``[primary]`` with that URL and its certificate files
+in ``secrets_dir/tls/`` (where the site may rewrite them when it renews). This unit has
+no network; ``outpost serve`` enrolls when it finds enroll.toml and no certificate
+(docs/wire/enroll.md).
+
 A configuration that does not pass `appliance.config.parse` is not written:
 the errors go to the console (journal) and no role starts, which is louder
 than a role that starts half-configured. Nothing here runs when a
@@ -39,7 +45,7 @@ SEED_LABEL = "OUTPOSTSEED"
 #: run-outpostseed.mount mounts the drive here, read-only, for as long as the seed runs.
 SEED_MOUNTPOINT = "/run/outpostseed"
 ROLES = ("site", "primary")
-ENROLL_KEYS = ("primary", "token", "ca_pin")
+ENROLL_KEYS = ("primary", "token", "ca_pin", "enroll_url")
 
 
 class SeedError(Exception):
@@ -138,6 +144,20 @@ def seed_from_directory(root: Path) -> Seed | None:
     return Seed(role, text, tls, enroll, source=str(root))
 
 
+def enroll_dropin(seed: Seed) -> str | None:
+    """The `[primary]` drop-in of a site seeded for enrollment without one, or None."""
+    if seed.role != "site" or "primary" not in seed.enroll:
+        return None
+    root = tomllib.loads(seed.config_text)
+    if "primary" in root:
+        return None
+    name = str(root.get("name", "site"))
+    tls = Path(str(root.get("secrets_dir", "/var/lib/outpost-secrets"))) / "tls"
+    return (f'[primary]\nurl = "{seed.enroll["primary"]}"\n'
+            f'ca_file = "{tls / "ca.crt"}"\ncert_file = "{tls / f"{name}.crt"}"\n'
+            f'key_file = "{tls / f"{name}.key"}"\n')
+
+
 def check(seed: Seed) -> None:
     from appliance.config import ConfigError, parse
 
@@ -170,6 +190,13 @@ def install(seed: Seed, etc: Path, group: str | None = "outpost") -> list[Path]:
     if seed.enroll:
         body = "".join(f'{k} = "{v}"\n' for k, v in sorted(seed.enroll.items()))
         write(etc / "enroll.toml", body.encode(), 0o640)
+    dropin = enroll_dropin(seed)
+    if dropin is not None:
+        folder = etc / f"{seed.role}.toml.d"
+        folder.mkdir(mode=0o750, exist_ok=True)
+        if group is not None:
+            shutil.chown(folder, group=group)
+        write(folder / "50-enroll.toml", dropin.encode(), 0o640)
     # The role's file last: its existence is what starts the role's unit.
     write(etc / f"{seed.role}.toml", seed.config_text.encode(), 0o640)
     return written

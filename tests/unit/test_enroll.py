@@ -408,3 +408,45 @@ async def test_enroll_sync_renew_and_revoke_over_tls(tmp_path, capsys):
         assert await renewer.check() is False and renewer.failures == 1
     finally:
         await primary.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_seeded_site_enrolls_at_its_first_start(tmp_path, capsys):
+    """The first-boot seed (config drive: site.toml without [primary], enroll.toml) writes
+    a [primary] drop-in; `outpost serve` then finds no certificate and enrolls."""
+    from appliance.enroll_cli import enroll_before_serve
+    from appliance.seed import install, seed_from_directory
+
+    files = write_configs(tmp_path)
+    primary = build_primary(load(files["primary"]), reactor)
+    ports = await primary.start()
+    try:
+        capsys.readouterr()
+        assert main(["token", "create", "--config", str(files["primary"]), "--site",
+                     "b1"]) == 0
+        made = json.loads(capsys.readouterr().out)
+        drive, etc = tmp_path / "drive", tmp_path / "etc"
+        drive.mkdir()
+        (drive / "site.toml").write_text(
+            f'role = "site"\nname = "b1"\nstate_dir = "{tmp_path}/b1"\n'
+            f'secrets_dir = "{tmp_path}/b1-secrets"\n')
+        (drive / "enroll.toml").write_text(
+            f'primary = "https://127.0.0.1:{ports["sync"]}"\n'
+            f'enroll_url = "https://127.0.0.1:{ports["enroll"]}"\n'
+            f'token = "{made["token"]}"\nca_pin = "{made["ca_pin"]}"\nignored = 1\n')
+        seed = seed_from_directory(drive)
+        assert seed is not None
+        written = install(seed, etc, group=None)
+        assert [p.name for p in written] == ["enroll.toml", "50-enroll.toml", "site.toml"]
+        config = load(etc / "site.toml")
+        assert config.primary is not None
+        assert config.primary.url == f"https://127.0.0.1:{ports['sync']}"
+        assert config.primary.cert_file == tmp_path / "b1-secrets" / "tls" / "b1.crt"
+        status = await threads.deferToThread(enroll_before_serve, etc / "site.toml", config)
+        assert status == 0 and config.primary.cert_file.exists()
+        assert '"changed": true' in capsys.readouterr().out
+        # The next start finds the certificate and does nothing.
+        assert await threads.deferToThread(enroll_before_serve, etc / "site.toml", config) == 0
+        assert capsys.readouterr().out == ""
+    finally:
+        await primary.stop()
