@@ -33,6 +33,9 @@ def register(commands: Any) -> None:
                     help="with --sites: arm OUTPOST_FAILPOINTS=SPEC in DAEMON's first start "
                     "(DAEMON@N: its N-th), e.g. site-1=db.after_commit=kill@40 (repeatable)")
     up.add_argument("--wan-seed", type=int, default=0, help="with --sites: the WAN simulator's seed")
+    up.add_argument("--offline-allowance", type=float, default=None, metavar="SHARE",
+                    help="with --sites: the primary grants each site SHARE (0..1] of what an "
+                    "account can spend as its offline allowance (docs/offline-allowance.md)")
     up.set_defaults(func=lab_up_command)
 
     from simulators.lab.run_cli import register_run
@@ -132,7 +135,7 @@ def multi_lab_up(args: argparse.Namespace) -> int:
     options = MultiLabOptions(args.dir, sites=args.sites, providers=args.providers,
                               mfds=args.mfds, seed=args.seed, users=args.users,
                               profile=args.profile, failpoints=failpoints,
-                              wan_seed=args.wan_seed)
+                              wan_seed=args.wan_seed, offline_share=args.offline_allowance)
     try:
         if args.providers:
             MultiLab._check_providers()

@@ -87,6 +87,9 @@ class MultiLabOptions:
     #: "daemon[@N]" -> OUTPOST_FAILPOINTS spec, armed in its N-th start only (default 1).
     failpoints: dict[str, str] = field(default_factory=dict)
     wan_seed: int = 0
+    #: Offline allowances (docs/offline-allowance.md): the share of what an account can
+    #: spend that the primary grants each site (None: no `[offline]`, no allowances).
+    offline_share: float | None = None
 
 
 def _toml_str(value: Any) -> str:
@@ -209,6 +212,11 @@ class MultiLab:
                   f"ca_file = {_toml_str(pki / 'ca.crt')}",
                   f"cert_file = {_toml_str(pki / f'{PRIMARY_NAME}.crt')}",
                   f"key_file = {_toml_str(pki / f'{PRIMARY_NAME}.key')}", ""]
+        if self.options.offline_share is not None:
+            # Bounded offline spending: grants refreshed every 2 s, valid for 10 minutes
+            # (longer than any scenario's outage), refused past the grant.
+            lines += ["[offline]", f"allowance_share = {self.options.offline_share}",
+                      'past_allowance = "deny"', "validity = 600.0", "refresh = 2.0", ""]
         path = base / "primary.toml"
         write_atomically(path, "\n".join(lines))
         return path

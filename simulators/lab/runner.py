@@ -105,7 +105,7 @@ def running_lab(directory: Path, mfds: int = 2, env: dict[str, str] | None = Non
                 timeout: float = 120.0, users: int = 10, lpd_mfds: int = 0,
                 sites: int | None = None, providers: int = 0, profile: str = "default",
                 failpoints: dict[str, str] | None = None,
-                wan_seed: int = 0) -> Iterator[RunningLab]:
+                wan_seed: int = 0, offline_share: float | None = None) -> Iterator[RunningLab]:
     """`outpost lab up` as a subprocess; with `sites`, a primary and that many sites."""
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "lab.log", "ab")
@@ -117,6 +117,8 @@ def running_lab(directory: Path, mfds: int = 2, env: dict[str, str] | None = Non
         command += ["--sites", str(sites), "--providers", str(providers), "--profile", profile,
                     "--wan-seed", str(wan_seed)]
         command += [f"--failpoint={d}={spec}" for d, spec in (failpoints or {}).items()]
+        if offline_share is not None:
+            command += ["--offline-allowance", str(offline_share)]
     process = subprocess.Popen(
         command, stdout=log,
         stderr=subprocess.STDOUT, cwd=ROOT,

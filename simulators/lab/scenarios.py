@@ -179,6 +179,8 @@ class Scenario:
     requirements: Requirements
     #: From the seed: "daemon[@N]" -> failpoint spec (armed in that life of the daemon).
     failpoints: Callable[[random.Random], dict[str, str]] = lambda rng: {}
+    #: Offline allowances: the share of what an account can spend granted to each site.
+    offline_share: float | None = None
 
 
 # ---------------------------------------------------------------- the scenarios
@@ -248,12 +250,12 @@ SPENDER = "judy"
 def partition_double_spend(d: Driver) -> None:
     """One user spends big at two partitioned sites: each site may authorise only within
     its offline allowance, so the sum stays within balance + allowances."""
-    d.phase("warm", 70, Mix(BOTH))
+    d.phase("warm", 80, Mix(BOTH))
     for site in SITES:
         d.cut(site)
     for site in SITES:
         d.wait_mode(site, "offline")
-    d.phase("outage", 200, Mix(BOTH, spender=(SPENDER, 0.3, 100)))
+    d.phase("outage", 220, Mix(BOTH, spender=(SPENDER, 0.25, 100)))
     for site in SITES:
         d.heal(site)
     for site in SITES:
@@ -282,7 +284,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                  "primary@2": f"primary.batch.mid_apply=kill@{rng.randint(3, 10)}"}),
     Scenario("partition-double-spend", f"both sites partitioned; {SPENDER} spends big at "
              "both; spending stays within balance + allowances", partition_double_spend,
-             Requirements(wan=True, zero_mfd_errors=True)),
+             Requirements(wan=True, zero_mfd_errors=True), offline_share=0.5),
     Scenario("long-outage", "both sites offline for most of the workload, then one merge",
              long_outage, Requirements(wan=True, zero_mfd_errors=True)),
 ]}
@@ -356,9 +358,20 @@ def collect(driver: Driver, scenario: str) -> Observed:
         failpoints_hit=hits, workload_prefix=f"w{driver.seed}-")
 
 
+def offline_allowances_available() -> bool:
+    """Whether this build has offline allowances (`[offline]` at the primary)."""
+    import importlib.util
+
+    return importlib.util.find_spec("appliance.config_offline") is not None
+
+
 def allowances(driver: Driver) -> dict[str, int]:
-    """How far below zero each user may end at the primary: 0 (no offline allowance
-    beyond the balance is configured in the lab)."""
+    """How far below zero each user may end at the primary beyond its balance: 0.
+
+    The lab's policy is `past_allowance = "deny"` with accounts whose overdraft limit is
+    0, so every grant was carved out of the balance (docs/offline-allowance.md: "the
+    account's final balance is never below -overdraft_limit"). Without allowances (a
+    build without them) the same bound applies: spending stays within the balance."""
     return {}
 
 
@@ -388,7 +401,9 @@ def run_scenario(name: str, seed: int, *, as_json: bool = False,
     try:
         documents = _documents(lab_dir / "documents")
         with running_lab(lab_dir / "lab", sites=2, mfds=2, profile="fast",
-                         failpoints=failpoints, wan_seed=seed) as lab:
+                         failpoints=failpoints, wan_seed=seed,
+                         offline_share=scenario.offline_share
+                         if offline_allowances_available() else None) as lab:
             executor = Executor(lambda: lab.endpoints, documents, seed)
             driver = Driver(lab, executor, seed, rng)
             for site in SITES:

@@ -34,7 +34,8 @@ log = logging.getLogger("outpost.lab.workload")
 POLICY_CODES = frozenset({
     "insufficient_balance", "allowance_exceeded", "offline_allowance_exceeded",
     "offline_denied", "offline_limit", "over_allowance", "unknown_user_offline",
-    "allowance_exhausted", "offline_unknown_user",
+    "allowance_exhausted", "offline_unknown_user", "offline_allowance_exhausted",
+    "offline_user_unknown",
 })
 
 #: How long a step keeps retrying while its site is unreachable (a restart).
