@@ -62,6 +62,8 @@ class Site:
     snmp_poller: Any = None   # protocols.snmp.poller.SnmpPoller, when a device has SNMP
     ipp_watcher: Any = None   # protocols.ipp.watcher.IppWatcher, when [monitor] ipp_interval > 0
     sync: Any = None          # core.sync.SiteSync, when a [primary] is configured
+    #: A site's `[sync]` port for its providers (roles/provider.py), or None.
+    relay: Any = None
     renewal: Any = None       # roles.site_renewal.RenewalLoop: renews the sync certificate
 
     def listen(self) -> dict[str, int]:
@@ -79,6 +81,10 @@ class Site:
                                      LpdServerFactory(self.jobs, reactor=self.reactor),
                                      interface=self.config.lpd.host)
         self.ports = {"ipp": ipp, "device_api": api, "lpd": lpd}
+        if self.relay is not None:
+            from appliance.roles.provider import listen_relay
+
+            self.ports["sync"] = listen_relay(self.config, self.reactor, self.relay)
         return {name: port.getHost().port for name, port in self.ports.items()}
 
     async def start(self) -> dict[str, int]:
@@ -175,7 +181,7 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
                 ipp_client=ipp_client, ipp_root=build_ipp_root(
                     jobs, authenticator=_queue_authenticator(config, auth)),
-                device_api=device_api,
+                device_api=device_api, relay=_relay(config, reactor, database),
                 monitor=monitor, snmp_poller=snmp_poller,
                 ipp_watcher=_ipp_watcher(config, reactor, ipp_client, monitor),
                 sync=uplink, renewal=renewal)
@@ -248,6 +254,10 @@ def _ipp_watcher(config: SiteConfig, reactor: Any, client: IppClient,
 def _uplink(config: SiteConfig, reactor: Any, database: Database) -> tuple[Any, Any]:
     """The site's sync service (push outbox, pull changes, heartbeats) and the renewal of
     its certificate (docs/wire/enroll.md), if it has a primary."""
+    if config.role == "provider":   # its ordered upstreams instead (docs/providers.md)
+        from appliance.roles.provider import provider_uplink
+
+        return provider_uplink(config, reactor, database), None
     link = config.primary
     if link is None:
         return None, None
@@ -268,6 +278,15 @@ def _uplink(config: SiteConfig, reactor: Any, database: Database) -> tuple[Any, 
                     heartbeat_interval=link.heartbeat_interval,
                     push_batch_size=link.push_batch_size, pull_limit=link.pull_batch_size,
                     push_interval=link.push_interval), renewal_loop(config, reactor, transport)
+
+
+def _relay(config: SiteConfig, reactor: Any, database: Database) -> Any:
+    """A site's sync port for the providers that fail over to it, if it has `[sync]`."""
+    if config.role != "site" or config.sync is None:
+        return None
+    from appliance.roles.provider import relay_api
+
+    return relay_api(config, database, reactor)
 
 
 def _device_monitoring(config: SiteConfig, reactor: Any,
