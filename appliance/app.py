@@ -15,11 +15,13 @@ from twisted.web import resource, server
 
 from appliance.config import SiteConfig
 from appliance.core.accounting import AccountingService
+from appliance.core.allowance import OfflineGate, SiteAllowances
 from appliance.core.auth import AuthService
 from appliance.core.charging import CostPolicy
 from appliance.core.credentials import CardKey, SessionTable, Throttle, password_hasher
 from appliance.core.devices import DeviceMonitor, PageCounterAudit
 from appliance.core.jobs import FINDME, PrintService
+from appliance.core.mode import Mode
 from appliance.core.model import Device, Queue
 from appliance.core.release import ReleaseService
 from appliance.protocols.http.device_api import DeviceApi
@@ -27,6 +29,7 @@ from appliance.protocols.ipp.client import IppClient
 from appliance.protocols.ipp.driver import IppDriver
 from appliance.protocols.lpd.client import LpdClient
 from appliance.protocols.lpd.driver import LpdDriver
+from appliance.storage.allowance_store import AllowanceStore
 from appliance.storage.database import Database
 from appliance.storage.spool import Spool
 from appliance.storage.store import SiteStore, configure_sync
@@ -65,6 +68,15 @@ class Site:
     #: A site's `[sync]` port for its providers (roles/provider.py), or None.
     relay: Any = None
     renewal: Any = None       # roles.site_renewal.RenewalLoop: renews the sync certificate
+
+    def __post_init__(self) -> None:
+        # The uplink also asks for offline allowances (docs/offline-allowance.md).
+        if self.sync is not None and getattr(self.sync, "allowances", False) is None:
+            self.sync.allowances = SiteAllowances(
+                name=self.config.name, store=AllowanceStore(self.database),
+                client=self.sync.client, clock=self.reactor)
+            mode = self.sync.mode
+            self.accounting.offline_gate.offline = lambda: mode.state is Mode.OFFLINE
 
     def listen(self) -> dict[str, int]:
         """Open the IPP, device-API and LPD ports; returns the bound port numbers."""
@@ -158,12 +170,15 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                         use_ghostscript=config.jobs.use_ghostscript)
     ipp_client = IppClient(reactor)
     monitor, snmp_poller, audit = _device_monitoring(config, reactor, store)
+    # Offline, with a policy from the primary: releases and copies against the allowance.
+    offline_gate = OfflineGate(AllowanceStore(database))
     release = ReleaseService(jobs=jobs, store=store, drivers={"ipp": IppDriver(ipp_client),
                                                                 "lpd": LpdDriver(LpdClient(reactor))},
                              devices=lambda: by_name, policies=policy_for, reactor=reactor,
                              poll_interval=config.release.poll_interval,
                              follow_timeout=config.release.follow_timeout,
-                             device_ready=monitor.refusal, print_watch=audit)
+                             device_ready=monitor.refusal, print_watch=audit,
+                             offline_gate=offline_gate)
     jobs.on_ready = release.print_direct
     hasher = password_hasher(config.auth.argon2_time_cost, config.auth.argon2_memory_kib)
     auth = AuthService(
@@ -174,7 +189,7 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                           window=config.auth.failure_window, lockout=config.auth.lockout),
         **_identity_options(config, reactor, database),
     )
-    accounting = AccountingService(store=store, policies=policy_for)
+    accounting = AccountingService(store=store, policies=policy_for, offline_gate=offline_gate)
     device_api = DeviceApi(auth=auth, jobs=jobs, release=release, accounting=accounting,
                            devices=lambda: by_name.keys(), device_status=monitor.panel_json)
     return Site(config=config, reactor=reactor, database=database, store=store, spool=spool,

@@ -22,6 +22,7 @@ from appliance.config_auth import (
     parse_ipp_security,
 )
 from appliance.config_enroll import EnrollConfig, parse_enroll
+from appliance.config_offline import OfflineConfig, parse_offline
 from appliance.config_provider import ProviderLinkConfig, parse_provider
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
 from appliance.core.credentials import CardRule
@@ -275,6 +276,7 @@ class SiteConfig:
     sync: SyncListenConfig | None = None       # role 'primary': where sites sync
     lpd: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_LPD_PORT))
     directory: DirectoryConfig | None = None   # `[directory]`: LDAP password checks
+    offline: OfflineConfig | None = None       # `[offline]` (primary): offline allowances
     enroll: EnrollConfig | None = None         # `[enroll]`: join tokens, rotation
     ipp_security: IppSecurityConfig = field(default_factory=IppSecurityConfig)
 
@@ -418,7 +420,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     r = _Reader()
     r.unknown(root, "", {"role", "name", "state_dir", "secrets_dir", "ipp", "device_api", "jobs",
                          "release", "auth", "cost_policy", "devices", "log_level", "snmp", "primary", "sync",
-                         "provider", "monitor", "lpd", "directory", "enroll"})
+                         "provider", "monitor", "lpd", "directory", "offline", "enroll"})
     role = r.get(root, "", "role", str, "site")
     if role not in ("site", "primary", "provider"):
         r.errors.append(f"role: {role!r} is not supported (this build serves 'site', "
@@ -497,6 +499,7 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
         provider=parse_provider(r, root, role, base_dir),
         lpd=_listen(r, root, "lpd", DEFAULT_LPD_PORT),
         directory=parse_directory(r, root, base_dir),
+        offline=parse_offline(r, root, role),
         enroll=parse_enroll(r, root, role, base_dir),
         ipp_security=parse_ipp_security(r, root, base_dir),
     )

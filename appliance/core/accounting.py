@@ -22,6 +22,8 @@ class CopyAuthorisation:
     cost_per_page: int
     cost: int
     balance: int
+    #: Why not allowed: 'insufficient_balance', or offline 'offline_allowance_exhausted'.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,12 @@ class UsageCharge:
 
 
 class AccountingService:
-    def __init__(self, *, store: Any, policies: Callable[[str | None], CostPolicy]) -> None:
+    def __init__(self, *, store: Any, policies: Callable[[str | None], CostPolicy],
+                 offline_gate: Any = None) -> None:
         self.store = store
         self.policies = policies
+        #: core.allowance.OfflineGate: offline, copies are authorised against the allowance.
+        self.offline_gate = offline_gate
 
     async def balance(self, account_id: int) -> int:
         balance, _ = await self.store.balance(account_id)
@@ -45,9 +50,15 @@ class AccountingService:
         """How many of `pages` the user may copy now. Nothing is reserved."""
         per_page = usage_rate(self.policies(device), "copy", colour=colour, sides=sides)
         balance, overdraft = await self.store.balance(account_id)
+        if self.offline_gate is not None:
+            verdict = await self.offline_gate.units(account_id, per_page, pages)
+            if verdict is not None:   # offline, with an allowance policy
+                fit = pages if verdict.max_units is None else verdict.max_units
+                return CopyAuthorisation(verdict.allowed, fit, per_page, per_page * pages,
+                                         balance, None if verdict.allowed else verdict.code)
         max_pages = affordable(balance, overdraft, per_page, pages)
         return CopyAuthorisation(max_pages == pages, max_pages, per_page, per_page * pages,
-                                 balance)
+                                 balance, None if max_pages == pages else "insufficient_balance")
 
     async def report_usage(self, *, usage_id: str, device: str, user_id: int, account_id: int,
                            kind: str, pages: int, colour: bool, sides: str) -> UsageCharge:

@@ -118,8 +118,12 @@ class ReleaseService:
         clock: Callable[[], float] = time.time,
         device_ready: Callable[[str], str | None] | None = None,
         print_watch: PrintWatch | None = None,
+        offline_gate: Any = None,
     ) -> None:
         self.jobs = jobs
+        #: core.allowance.OfflineGate: offline, releases are authorised against the
+        #: allowance instead of the balance (docs/offline-allowance.md).
+        self.offline_gate = offline_gate
         #: Why a device must not take a job now (jammed, offline...), or None: see core/devices.py.
         self.device_ready = device_ready
         self.print_watch = print_watch
@@ -170,7 +174,13 @@ class ReleaseService:
         job = await self.jobs.analysed(job)
         policy = self.policies(device.name)
         quote = self.jobs.quote(job, device.name)
-        if check_balance and account_id is not None and quote.cost > 0:
+        offline = None
+        if self.offline_gate is not None and account_id is not None and quote.cost > 0:
+            offline = await self.offline_gate.check(account_id, quote.cost)
+            if offline is not None and not offline.allowed:
+                await self._hold_refused(job, offline.message)
+                return JobResult(job.id, False, offline.code, offline.message)
+        if offline is None and check_balance and account_id is not None and quote.cost > 0:
             balance, overdraft = await self.store.balance(account_id)
             if affordable(balance, overdraft, quote.cost, 1) < 1:
                 return JobResult(job.id, False, "insufficient_balance",
@@ -337,6 +347,15 @@ class ReleaseService:
         log.warning("job %d on %s: page counter says %+d impressions; adjusted by %d",
                     job.id, device.name, difference, -amount)
 
+    async def _hold_refused(self, job: Job, message: str) -> None:
+        """A direct queue's job refused offline: held, releasable later (as after a
+        device refusal); a Find-Me job is still held."""
+        if job.state == JobState.PENDING:
+            await self.store.update_job(
+                job.id, expect_states=(JobState.PENDING,), state=JobState.HELD,
+                state_reasons=("job-hold-until-specified",), state_message=message)
+            log.warning("direct job %d held: %s", job.id, message)
+
     async def _back_to_queue(self, job: Job, message: str) -> None:
         queue = self.jobs.queue(job.queue)
         state = JobState.HELD
@@ -358,6 +377,17 @@ class ReleaseService:
         account_id: int | None
         user = await self.store.user_by_name(job.owner)
         account_id = user.account_id if user else await self.store.unattributed_account()
+        if user is None and self.offline_gate is not None:
+            offline, account = await self.offline_gate.unknown_user_account()
+            if offline and account is None:   # `unknown_users = "deny"`
+                from appliance.core.allowance import OFFLINE_USER_UNKNOWN
+
+                await self._hold_refused(job, OFFLINE_USER_UNKNOWN)
+                log.info("offline: refused %s: direct job %d of %s", OFFLINE_USER_UNKNOWN,
+                         job.id, job.owner)
+                return
+            if offline:
+                account_id = account
         result = await self._release_one(job, queue.device, account_id, check_balance=False)
         if not result.ok:
             log.warning("direct job %d on %s: %s", job.id, queue.device, result.message)

@@ -315,6 +315,7 @@ class SyncClient(Protocol):
     async def changes(self, since: str, limit: int) -> dict[str, Any]: ...
     async def snapshot(self) -> dict[str, Any]: ...
     async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    # and, for offline allowances: async def allowances(self, body) -> dict[str, Any]
 
 
 def _changes(values: Any) -> list[Change]:
@@ -373,11 +374,15 @@ class SiteSync:
         self._loop: task.LoopingCall | None = None
         self._ticking: defer.Deferred[None] | None = None
         mode.subscribe(self._on_transition)
+        #: core.allowance.SiteAllowances when offline allowances are on (app.py sets it).
+        self.allowances: Any = None
 
     def _on_transition(self, transition: Transition) -> None:
         self._unsaved = transition
         if transition.outage_started is not None:
             self._pending_outage = (transition.outage_started, transition.at)
+            if self.allowances is not None:
+                self.allowances.force()   # report offline spending, get fresh grants
 
     async def _restore_mode(self) -> None:
         """An outage outlives a restart: the mode and its start are kept in sync_state."""
@@ -441,8 +446,13 @@ class SiteSync:
             return
         if self._pending_outage is not None:
             await self.heartbeat()
-        await self.push_all()
-        await self.pull_all()
+        pushed = await self.push_all()
+        pulled = await self.pull_all()
+        # Offline allowances only once the primary has every charge (its balances are
+        # then complete): after the outbox drained (docs/offline-allowance.md).
+        if self.allowances is not None and pushed and pulled and self.allowances.due() \
+                and not await self.store.outbox_size():
+            await self.allowances.refresh()
 
     async def sync_if_online(self) -> None:
         """Between heartbeats: drain what the outbox gained, then pull."""

@@ -81,6 +81,13 @@ def build_primary(config: SiteConfig, reactor: Any) -> Primary:
     sync = PrimarySync(store=store, clock=reactor.seconds)
     primary = Primary(config=config, reactor=reactor, database=database, sync_store=store,
                       sync=sync, api=SyncApi(sync))
+    # Offline allowances (docs/offline-allowance.md): answered even without [offline]
+    # ({"enabled": false}), so that sites know to behave offline as online.
+    from appliance.core.allowance import PrimaryAllowances
+    from appliance.storage.allowance_store import AllowanceStore
+
+    primary.api.allowances = PrimaryAllowances(store=AllowanceStore(database),
+                                               config=config.offline, clock=reactor.seconds)
     if config.enroll is not None:
         from appliance.roles.enroll_listen import build_enrollment
 

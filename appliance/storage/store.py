@@ -161,11 +161,18 @@ def _insert_ledger(
     source: str, body: dict[str, Any], *, job_id: int | None = None, device: str | None = None,
     impressions: int | None = None, colour: bool | None = None,
 ) -> None:
+    from .allowance_store import tag_offline_charge_sync
+
+    now = _now()
+    # Offline with an allowance policy, a charge names its grant (docs/offline-allowance.md).
+    tag = tag_offline_charge_sync(db, entry_id, account_id, amount, now)
+    if tag is not None:
+        body = {**body, "offline": tag}
     db.conn.execute(
         "INSERT INTO ledger (entry_id, account_id, amount, kind, source, job_id, device, "
         "impressions, colour, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (entry_id, account_id, amount, kind, source, job_id, device, impressions,
-         None if colour is None else int(colour), json.dumps(body, sort_keys=True), _now()),
+         None if colour is None else int(colour), json.dumps(body, sort_keys=True), now),
     )
 
 

@@ -313,7 +313,23 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
         "duplicates = duplicates + ?, quarantined = quarantined + ? "
         "WHERE site = ? AND merged_at IS NULL",
         (outcome.applied, outcome.duplicates, newly_quarantined, site))
+    _add_offline_overspend(db, site, events, applied, outcome)
     return outcome
+
+
+def _add_offline_overspend(db: sqlite_utils.Database, site: str,
+                           events: Sequence[IncomingEvent], known: dict[str, str],
+                           outcome: BatchOutcome) -> None:
+    """The outage report's "overspend allowed by policy": the `offline.over` of the ledger
+    events this batch newly applied (docs/offline-allowance.md)."""
+    from .allowance_store import offline_over
+
+    refused = {q["event_id"] for q in outcome.quarantined}
+    over = sum(offline_over(e.ledger.body) for e in events
+               if e.ledger is not None and e.event_id not in known and e.event_id not in refused)
+    if over:
+        db.conn.execute("UPDATE outage_reports SET overspend = overspend + ? "
+                        "WHERE site = ? AND merged_at IS NULL", (over, site))
 
 
 def _in_chunks(db: sqlite_utils.Database, sql: str,

@@ -299,9 +299,12 @@ class DeviceApi(resource.Resource):
         auth = await self.accounting.authorise_copy(
             account_id=session.account_id, device=session.device, pages=pages, colour=colour,
             sides=sides)
-        return 200, {"ok": True, "allowed": auth.allowed, "max_pages": auth.max_pages,
-                     "cost_per_page": auth.cost_per_page, "cost": auth.cost,
-                     "balance": auth.balance}
+        answer: dict[str, Any] = {
+            "ok": True, "allowed": auth.allowed, "max_pages": auth.max_pages,
+            "cost_per_page": auth.cost_per_page, "cost": auth.cost, "balance": auth.balance}
+        if auth.reason is not None:   # docs/offline-allowance.md: why not allowed
+            answer["reason"] = auth.reason
+        return 200, answer
 
     async def report_usage(self, session: Session, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         usage_id, kind = body.get("id"), body.get("kind")

@@ -42,6 +42,8 @@ class SyncApi:
         #: Certificate kinds that may push and send heartbeats (a site serving its
         #: providers accepts only `provider`; docs/providers.md).
         self.pushers = pushers
+        #: core.allowance.PrimaryAllowances: POST allowances (docs/offline-allowance.md).
+        self.allowances: Any = None
 
     async def handle(self, method: str, path: str, query: str, body: bytes,
                      peer: Identity | None) -> tuple[int, bytes]:
@@ -68,6 +70,16 @@ class SyncApi:
             return _json(200, await self.primary.changes(args.get("since"), args.get("limit")))
         if (method, name) == ("GET", "snapshot"):
             return _json(200, await self.primary.snapshot())
+        if (method, name) == ("POST", "allowances") and self.allowances is not None:
+            if peer.kind != "site":
+                return _error(403, "not_a_site", f"{peer.uri} holds no offline allowances")
+            if len(body) > self.max_body:
+                return _error(413, "too_large", f"at most {self.max_body} bytes")
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return _error(400, "malformed", f"not JSON: {exc}")
+            return _json(200, await self.allowances.request(payload, peer.name))
         if (method, name) in (("POST", "events"), ("POST", "heartbeat")):
             if peer.kind not in self.pushers:
                 return _error(403, "not_a_site", f"{peer.uri} may not push")

@@ -59,6 +59,10 @@ class HttpSyncClient:
     async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/sync/v1/heartbeat", body)
 
+    async def allowances(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Offline allowances: report usage, get fresh grants (docs/offline-allowance.md)."""
+        return await self._call("POST", "/sync/v1/allowances", body)
+
 
 class LoopbackTransport:
     """Calls an in-process `SyncApi` as the holder of `identity`'s certificate."""

@@ -1,0 +1,49 @@
+-- Outpost schema, version 6: bounded offline spending (docs/offline-allowance.md).
+
+-- ---------------------------------------------------------------- primary side
+
+-- One row per grant the primary made to a site for an account: the reservation. It
+-- counts against the account while released_at IS NULL and expires_at is in the future.
+-- A site's next allowance request releases its reservations and records what it
+-- reported spending under them (spent, over).
+CREATE TABLE offline_reservations (
+    grant_id     TEXT PRIMARY KEY,            -- '<site>/<n>'
+    site         TEXT NOT NULL,
+    account      TEXT NOT NULL,               -- account name (natural key)
+    amount       INTEGER NOT NULL CHECK (amount >= 0),
+    granted_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    released_at  REAL,
+    spent        INTEGER,                     -- as the site reported it (minor units)
+    over         INTEGER,                     -- the part beyond the grant
+    charges      INTEGER
+);
+CREATE INDEX offline_reservations_account ON offline_reservations(account, released_at);
+CREATE INDEX offline_reservations_site ON offline_reservations(site, released_at);
+
+-- ---------------------------------------------------------------- site side
+
+-- The grants a site holds. 'active' grants authorise offline; 'superseded' ones were
+-- replaced (or are being replaced by a request in flight) and wait until their usage
+-- has been reported to the primary.
+CREATE TABLE offline_grants (
+    grant_id     TEXT PRIMARY KEY,
+    account      TEXT NOT NULL,
+    amount       INTEGER NOT NULL,
+    expires_at   REAL NOT NULL,               -- by the site's clock
+    received_at  REAL NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'superseded'))
+);
+CREATE INDEX offline_grants_account ON offline_grants(account, state);
+
+-- Every ledger row the site wrote while offline with a policy, in that row's
+-- transaction: under which grant (NULL: none) and how much of it went past the grant.
+CREATE TABLE offline_charges (
+    entry_id     TEXT PRIMARY KEY,
+    grant_id     TEXT,
+    account      TEXT NOT NULL,
+    amount       INTEGER NOT NULL,            -- positive: what was charged
+    over         INTEGER NOT NULL,
+    created_at   REAL NOT NULL
+);
+CREATE INDEX offline_charges_grant ON offline_charges(grant_id);

@@ -1,0 +1,246 @@
+"""Acceptance (issue 5): 1,000 seeded partitioned trials of one user spending at two sites.
+
+In process, on simulated time (task.Clock), with the real storage, sync, allowance and
+accounting code; sockets are replaced by the loopback transport of sync_helpers. One
+primary and two sites are reused for every trial (a fresh user per trial), so that the
+1,000 trials run in well under two minutes.
+
+Each trial: the primary's policy for each site and the user's balance and overdraft
+limit are drawn from the seed; both sites get grants while online (their requests
+interleaved), the link to both is cut, the user makes a seeded sequence of copy
+authorisations and usage reports at both sites, the link heals, the outboxes merge.
+Asserted, for every trial:
+- the grants of the two sites never add up to more than balance + overdraft limit;
+- every authorisation whose cost fits in what is left of the grant (plus the
+  policy's overdraft) is allowed — and no other: the site's answer is exactly the
+  model's, so refusing everything fails, and so does allowing too much;
+- spending at each site stays within its grant (+ the policy's overdraft); with the
+  deny policy the account never ends below -overdraft limit (overspend 0);
+- the overspend the ledger's offline tags record is exactly the spending past the
+  grants, and it is what the outage reports gained;
+- after the merge the site reported what it spent and its reservation was released.
+Every assertion names the trial's seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from appliance.config_offline import OfflineConfig
+from appliance.core.accounting import AccountingService
+from appliance.core.allowance import (
+    OFFLINE_ALLOWANCE_EXHAUSTED,
+    OfflineGate,
+    PrimaryAllowances,
+    SiteAllowances,
+    SitePolicy,
+)
+from appliance.core.charging import LAB_POLICY
+from appliance.core.mode import Mode
+from appliance.storage.allowance_store import AllowanceStore
+from appliance.storage.store import add_user_sync
+from tests.unit.sync_helpers import close, make_primary, make_site
+
+TRIALS = int(os.environ.get("OUTPOST_TRIALS", "1000"))
+PER_PAGE = 10        # LAB_POLICY: a mono simplex copy
+SITES = ("site-a", "site-b")
+
+
+class World:
+    def __init__(self, folder: Path) -> None:
+        self.clock = task.Clock()
+        self.primary = make_primary(folder, self.clock)
+        self.allowances = PrimaryAllowances(store=AllowanceStore(self.primary.database),
+                                            config=None, clock=self.clock.seconds)
+        self.primary.api.allowances = self.allowances
+        self.sites = [make_site(folder, self.primary, name, clock=self.clock, misses=1,
+                                successes=1, batch=500) for name in SITES]
+        self.accounting = {}
+        self.gates = {}
+        for site in self.sites:
+            site.sync.allowances = SiteAllowances(
+                name=site.name, store=AllowanceStore(site.database), client=site.sync.client,
+                clock=self.clock)
+            self.gates[site.name] = OfflineGate(AllowanceStore(site.database),
+                                                offline=lambda m=site.mode: m.state is Mode.OFFLINE)
+            self.accounting[site.name] = AccountingService(
+                store=site.store, policies=lambda device: LAB_POLICY,
+                offline_gate=self.gates[site.name])
+
+    async def tick_all(self) -> None:
+        """Both sites' ticks at once: their allowance requests interleave at the primary."""
+        self.clock.advance(5)
+        await defer.gatherResults([defer.ensureDeferred(s.sync.tick()) for s in self.sites],
+                                  consumeErrors=True)
+
+    def close(self) -> None:
+        close(*self.sites, self.primary)
+
+
+def primary_query(world: World, sql: str, params: tuple = ()) -> list:
+    return world.primary.database.run_sync(
+        lambda db: [tuple(r) for r in db.conn.execute(sql, params).fetchall()])
+
+
+def site_query(site, sql: str, params: tuple = ()) -> list:
+    return site.database.run_sync(
+        lambda db: [tuple(r) for r in db.conn.execute(sql, params).fetchall()])
+
+
+def draw_policy(rng: random.Random) -> SitePolicy:
+    if rng.random() < 0.5:
+        base = SitePolicy(allowance=rng.choice([0, 50, 100, 250, 400, 800]))
+    else:
+        base = SitePolicy(allowance=None, allowance_share=rng.choice([0.25, 0.5, 0.75, 1.0]))
+    if rng.random() < 0.4:
+        return SitePolicy(base.allowance, base.allowance_share, "overdraft",
+                          rng.choice([0, 30, 100, 250]))
+    return base
+
+
+async def trial(world: World, seed: int, totals: dict[str, int]) -> None:
+    rng = random.Random(seed)
+    where = f"seed {seed}"
+    policies = {name: draw_policy(rng) for name in SITES}
+    world.allowances.config = OfflineConfig(sites=policies, validity=3600.0, refresh=3600.0)
+    balance = rng.randint(0, 1000)
+    limit = rng.choice([0, 0, 0, 100, 300])
+    username = f"u{seed}"
+    account = f"user:{username}"
+
+    def new_user(db) -> None:
+        db.conn.execute("UPDATE users SET disabled = 1 WHERE disabled = 0")
+        add_user_sync(db, username, username, "", [], balance)
+        db.conn.execute("UPDATE accounts SET overdraft_limit = ? WHERE name = ?",
+                        (limit, account))
+
+    world.primary.database.run_sync(new_user)
+    for site in world.sites:
+        site.sync.allowances.force()
+    await world.tick_all()
+    grants = {}
+    for site in world.sites:
+        rows = site_query(site, "SELECT grant_id, amount FROM offline_grants "
+                                "WHERE account = ? AND state = 'active'", (account,))
+        assert len(rows) == 1, f"{where}: {site.name} holds no grant for {account}: {rows}"
+        grants[site.name] = rows[0]
+    spendable = balance + limit
+    assert sum(g[1] for g in grants.values()) <= spendable, (
+        f"{where}: grants {grants} exceed balance + limit {spendable}")
+
+    # The partition.
+    for site in world.sites:
+        site.transport.down = True
+    await world.tick_all()
+    assert all(not s.mode.online for s in world.sites), where
+    user_ids = {s.name: site_query(s, "SELECT u.id, u.account_id FROM users u "
+                                      "WHERE u.username = ?", (username,))[0]
+                for s in world.sites}
+    spent = dict.fromkeys(SITES, 0)
+    over = dict.fromkeys(SITES, 0)
+    for step in range(rng.randint(1, 12)):
+        site = rng.choice(world.sites)
+        name = site.name
+        policy = policies[name]
+        pages = rng.randint(1, 30)
+        grant = grants[name][1]
+        extra = policy.overdraft if policy.past_allowance == "overdraft" else 0
+        headroom = max(0, grant - (spent[name] - over[name])) + max(0, extra - over[name])
+        expected = min(pages, headroom // PER_PAGE)
+        user_id, account_id = user_ids[name]
+        auth = await world.accounting[name].authorise_copy(
+            account_id=account_id, device="mfd1", pages=pages, colour=False, sides="one-sided")
+        assert (auth.allowed, auth.max_pages) == (expected == pages, expected), (
+            f"{where} step {step} at {name}: asked {pages} pages with headroom {headroom}, "
+            f"the site answered {auth}")
+        if not auth.allowed:
+            assert auth.reason == OFFLINE_ALLOWANCE_EXHAUSTED, where
+            totals["denied"] += 1
+        copied = pages if auth.allowed else auth.max_pages
+        if copied == 0:
+            continue
+        cost = copied * PER_PAGE
+        within = min(cost, max(0, grant - (spent[name] - over[name])))
+        charge = await world.accounting[name].report_usage(
+            usage_id=f"{name}:{seed}:{step}", device="mfd1", user_id=user_id,
+            account_id=account_id, kind="copy", pages=copied, colour=False, sides="one-sided")
+        assert charge.charged == cost, where
+        spent[name] += cost
+        over[name] += cost - within
+        totals["accepted"] += 1
+        totals["overspend"] += cost - within
+
+    # Heal and merge.
+    for site in world.sites:
+        site.transport.down = False
+    overspend_before = primary_query(world, "SELECT COALESCE(SUM(overspend), 0) "
+                                            "FROM outage_reports")[0][0]
+    await world.tick_all()   # one tick: back online, outbox drained, usage reported
+    for site in world.sites:
+        assert site.mode.online and site.count("SELECT COUNT(*) FROM outbox") == 0, where
+    for name in SITES:
+        policy = policies[name]
+        extra = policy.overdraft if policy.past_allowance == "overdraft" else 0
+        grant_id, grant = grants[name]
+        assert spent[name] <= grant + extra, f"{where}: {name} spent {spent[name]} > {grant}+{extra}"
+        assert over[name] == max(0, spent[name] - grant), where
+        if policy.past_allowance == "deny":
+            assert over[name] == 0, f"{where}: overspend under the deny policy at {name}"
+        tagged = primary_query(
+            world, "SELECT COALESCE(SUM(-amount), 0), "
+                   "COALESCE(SUM(json_extract(body, '$.offline.over')), 0) FROM ledger "
+                   "WHERE origin = ? AND json_extract(body, '$.offline.grant') = ?",
+            (name, grant_id))[0]
+        assert tagged == (spent[name], over[name]), (
+            f"{where}: {name}'s ledger tags say {tagged}, spent/over {spent[name]}/{over[name]}")
+        reservation = primary_query(world, "SELECT released_at IS NOT NULL, spent, over "
+                                           "FROM offline_reservations WHERE grant_id = ?",
+                                    (grant_id,))[0]
+        assert reservation == (1, spent[name], over[name]), (
+            f"{where}: reservation {grant_id} after the merge: {reservation}")
+    final = primary_query(world, "SELECT COALESCE(SUM(l.amount), 0) FROM ledger l "
+                                 "JOIN accounts a ON a.id = l.account_id WHERE a.name = ?",
+                          (account,))[0][0]
+    assert final == balance - sum(spent.values()), where
+    allowed_past = sum(policies[n].overdraft for n in SITES
+                       if policies[n].past_allowance == "overdraft")
+    assert final >= -limit - allowed_past, f"{where}: final balance {final}"
+    if allowed_past == 0:
+        assert final >= -limit, f"{where}: overspend {-limit - final} with the deny policy"
+    overspend_after = primary_query(world, "SELECT COALESCE(SUM(overspend), 0) "
+                                           "FROM outage_reports")[0][0]
+    assert overspend_after - overspend_before == sum(over.values()), (
+        f"{where}: outage reports gained {overspend_after - overspend_before}, "
+        f"the trial overspent {sum(over.values())} by policy")
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_1000_seeded_partitioned_trials_of_one_user_spending_at_two_sites(tmp_path):
+    # tmpfs when there is one: the trials are about the arithmetic, not fsync latency.
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path
+    world = World(folder)
+    totals = {"accepted": 0, "denied": 0, "overspend": 0}
+    started = time.monotonic()
+    try:
+        for seed in range(TRIALS):
+            await trial(world, seed, totals)
+    finally:
+        world.close()
+        if folder != tmp_path:
+            shutil.rmtree(folder, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    print(f"\n{TRIALS} trials in {elapsed:.1f}s: {totals}")
+    # Not degenerate: trials accepted charges offline, refused some, and overspent by policy.
+    assert totals["accepted"] > TRIALS and totals["denied"] > TRIALS // 10
+    assert totals["overspend"] > 0
