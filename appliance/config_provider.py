@@ -35,6 +35,9 @@ class ProviderLinkConfig:
 def parse_provider(r: Any, root: dict[str, Any], role: str,
                    base_dir: Path | None) -> ProviderLinkConfig | None:
     """The `[provider]` table (None when absent); errors go to `r.errors`."""
+    if role == "site" and "sync" in root and "primary" not in root:
+        r.errors.append("sync: a site serves providers only with a [primary] to forward "
+                        "their events to")
     if "provider" not in root:
         if role == "provider":
             r.errors.append("provider: required for role 'provider' (upstreams, ca_file, "

@@ -162,6 +162,19 @@ def test_every_provider_mistake_is_reported_at_once_with_its_path(tmp_path):
                                    "ca_file, cert_file, key_file)"]
 
 
+def test_a_site_serving_providers_needs_a_primary(tmp_path):
+    root = {"role": "site", "name": "branch", "state_dir": str(tmp_path / "state"),
+            "secrets_dir": str(tmp_path / "secrets"),
+            "sync": {"port": 8634, "ca_file": "a", "cert_file": "b", "key_file": "c"}}
+    with pytest.raises(ConfigError) as caught:
+        parse(root)
+    assert caught.value.errors == ["sync: a site serves providers only with a [primary] to "
+                                   "forward their events to"]
+    root["primary"] = {"url": PRIMARY_URL, "ca_file": "a", "cert_file": "b", "key_file": "c"}
+    config = parse(root)
+    assert config.sync is not None and config.sync.port == 8634
+
+
 def test_a_site_with_provider_upstreams_is_told_how_to_promote(tmp_path):
     with pytest.raises(ConfigError) as caught:
         parse({**_provider_root(tmp_path), "role": "site"})
