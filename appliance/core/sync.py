@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from appliance import failpoints
 from appliance.core.mode import LinkMode, Mode, Transition
+from appliance.core.sync_events import CHECKERS
 from appliance.storage.sync_store import (
     MODE,
     MODE_SINCE,
@@ -41,7 +42,7 @@ from appliance.storage.sync_store import (
 
 log = logging.getLogger(__name__)
 
-EVENT_KINDS = frozenset({"ledger"})
+EVENT_KINDS = frozenset({"ledger"}) | frozenset(CHECKERS)   # job, counter_check, card, user
 #: A site forwarding a provider's event (docs/providers.md); unwrapped by `parse_batch`.
 RELAY = "relay"
 LEDGER_KINDS = frozenset({"charge", "credit", "refund", "adjustment"})
@@ -138,11 +139,15 @@ def parse_batch(payload: Any, peer: str | None) -> Batch:
             continue
         invalid: str | None = None
         ledger: LedgerEvent | None = None
+        record: dict[str, Any] | None = None
         if kind not in EVENT_KINDS:
             invalid = f"unknown event kind {kind!r}"
+        elif kind in CHECKERS:
+            record, invalid = CHECKERS[kind](body, event_id[len(site) + 1:])
         else:
             ledger, invalid = _ledger_event(body, event_id[len(site) + 1:])
-        checked.append(IncomingEvent(seq, event_id, kind, text, digest(text), invalid, ledger))
+        checked.append(IncomingEvent(seq, event_id, kind, text, digest(text), invalid, ledger,
+                                     record=record))
     return Batch(site, batch_id, checked)
 
 

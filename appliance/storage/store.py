@@ -22,6 +22,9 @@ from appliance.core.model import Device, Job, JobOptions, JobState, LedgerResult
 
 from .database import Database
 
+#: Charged for direct-queue jobs of users the site does not know, when the database has
+#: no sync name; otherwise `unattributed_account_name` (one per site, so that the
+#: primary keeps every site's apart).
 SYSTEM_ACCOUNT = "site:unattributed"
 
 
@@ -113,6 +116,13 @@ def overdraft_limit_sync(db: sqlite_utils.Database, account_id: int) -> int | No
         return 0
     limit: int | None = row["overdraft_limit"]
     return limit
+
+
+def unattributed_account_name(db: sqlite_utils.Database) -> str:
+    """`site:<sync name>:unattributed`: each site's unknown users' charges in an account of
+    its own, so that sites merging into one primary ledger never share (or collide on) it."""
+    row = _one(db, "SELECT value FROM sync_state WHERE key = 'name'")
+    return SYSTEM_ACCOUNT if row is None else f"site:{row['value']}:unattributed"
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,7 @@ class SiteStore:
 
     async def unattributed_account(self) -> int:
         return await self.database.run(
-            lambda db: ensure_account_sync(db, SYSTEM_ACCOUNT, "system", None)
+            lambda db: ensure_account_sync(db, unattributed_account_name(db), "system", None)
         )
 
     # ------------------------------------------------------------ ledger

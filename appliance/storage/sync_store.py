@@ -25,6 +25,7 @@ from appliance import failpoints
 
 from .database import Database
 from .store import _one, _q, ensure_account_sync
+from .sync_records import apply_record_sync
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ PULL_TOKEN = "pull_token"
 PUSH_CHECKPOINT = "push_checkpoint"
 MODE = "mode"
 MODE_SINCE = "mode_since"
+REPLICATING = "replicating"
 
 
 def _now() -> float:
@@ -94,6 +96,8 @@ class IncomingEvent:
     ledger: LedgerEvent | None = None
     #: Where the event was made when not the pusher (a provider's event a site relays).
     origin: str | None = None
+    #: The checked fields of a job, counter_check, card or user event (core/sync_events.py).
+    record: dict[str, Any] | None = None
 
 
 @dataclass
@@ -166,6 +170,9 @@ def apply_changes_sync(db: sqlite_utils.Database, changes: Sequence[Change], tok
     Returns how many ledger rows were added.
     """
     added = 0
+    # What comes from the primary is not pushed back: migration 0007's user and card
+    # triggers are silent while this marker exists (it lives only in this transaction).
+    set_state_sync(db, REPLICATING, "1")
     for change in changes:
         body = change.body
         if change.kind == "ledger":
@@ -187,6 +194,7 @@ def apply_changes_sync(db: sqlite_utils.Database, changes: Sequence[Change], tok
             _apply_identity_change(db, body)
         # devices and cost policies: kept in `replica` only (see migration 0003)
     set_state_sync(db, PULL_TOKEN, str(token))
+    db.conn.execute("DELETE FROM sync_state WHERE key = ?", (REPLICATING,))
     return added
 
 
@@ -283,6 +291,10 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
             reason = event.invalid
         elif event.ledger is not None and event.event_id in in_ledger:
             reason = "a ledger entry with this id exists that no site event made"
+        elif event.record is not None:
+            # Applied here, or not at all: a conflict (a card another user holds) is the reason.
+            reason = apply_record_sync(db, event.origin or site, event.event_id, event.kind,
+                                       event.record)
         if reason is not None:
             cur = db.conn.execute(
                 "INSERT OR IGNORE INTO sync_quarantine (event_id, site, seq, kind, body, "
@@ -403,7 +415,8 @@ def snapshot_sync(db: sqlite_utils.Database) -> tuple[list[Change], int]:
                     "JOIN accounts a ON a.id = u.account_id ORDER BY u.id"):
         out.append(Change(token, "user", r["username"], {
             "username": r["username"], "full_name": r["full_name"], "email": r["email"],
-            "account": r["account"], "disabled": r["disabled"]}))
+            "account": r["account"], "disabled": r["disabled"],
+            "directory_id": r["directory_id"]}))
     for r in _q(db, "SELECT i.*, u.username FROM identities i "
                     "JOIN users u ON u.id = i.user_id ORDER BY i.id"):
         key = f"{r['username']}:{r['kind']}" + (f":{r['lookup']}" if r["kind"] == "card" else "")

@@ -1,0 +1,381 @@
+"""Event kinds beyond ledger rows (migration 0007, docs/wire/sync.md "Event kinds"): a
+site's job log, page-counter checks, cards linked at its panels and users it creates
+enter the outbox in the transaction of the change, and the primary applies each kind
+idempotently into its own tables; a card linked at site A then works at site B.
+
+Real storage and sync code, two sites and a primary in one process (sync_helpers)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import uuid as uuidlib
+from types import SimpleNamespace
+
+import pytest
+import pytest_twisted
+
+from appliance.core.model import JobOptions, JobState
+from appliance.storage.credential_store import CredentialStore
+from appliance.storage.database import Database
+from appliance.storage.store import (
+    SYSTEM_ACCOUNT,
+    NewIdentity,
+    SiteStore,
+    add_user_sync,
+    unattributed_account_name,
+)
+from appliance.storage.sync_store import outbox_batch_sync, snapshot_sync
+from tests.unit.sync_helpers import close, make_primary, make_site, push_raw
+
+
+@pytest.fixture
+def primary(tmp_path):
+    node = make_primary(tmp_path)
+    yield node
+    close(node)
+
+
+@pytest.fixture
+def site(tmp_path, primary):
+    node = make_site(tmp_path, primary)
+    yield node
+    close(node)
+
+
+@pytest.fixture
+def site_b(tmp_path, primary):
+    node = make_site(tmp_path, primary, "site-b")
+    yield node
+    close(node)
+
+
+def hmac_of(card: str) -> str:
+    """A stand-in for the deployment's card HMAC: 64 hex digits, as CardKey.lookup makes."""
+    return hashlib.sha256(card.encode()).hexdigest()
+
+
+def outbox(node, kind=None):
+    events = node.database.run_sync(lambda db: outbox_batch_sync(db, 100_000))
+    return [(e.event_id, json.loads(e.body)) for e in events if kind in (None, e.kind)]
+
+
+def batch_of(node, kinds=None):
+    events = node.database.run_sync(lambda db: outbox_batch_sync(db, 100_000))
+    return {"site": node.name, "batch_id": f"test-{node.name}",
+            "events": [{"seq": e.seq, "event_id": e.event_id, "kind": e.kind,
+                        "body": json.loads(e.body)}
+                       for e in events if kinds is None or e.kind in kinds]}
+
+
+def rows(node, sql, params=()):
+    return node.database.run_sync(
+        lambda db: [dict(r) for r in db.conn.execute(sql, params).fetchall()])
+
+
+async def new_job(store: SiteStore, owner="alice", *, spool: str | None = "doc-1",
+                  state=JobState.HELD, queue="findme"):
+    return await store.insert_job(
+        uuid=uuidlib.uuid4().hex, queue=queue, owner=owner, user_id=None, name="report.pdf",
+        document_format="application/pdf", spool_name=spool, size=1000,
+        pages=3 if spool else None, colour=False, analysed=True, options=JobOptions(copies=2),
+        state=state, state_reasons=("job-hold-until-specified",), expires_at=None)
+
+
+# ---------------------------------------------------------------- job log
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_jobs_life_enters_the_outbox_and_lands_in_the_primarys_job_log(primary, site):
+    """Created, released, held again after a jam (device remembered), released, completed
+    with what was charged: each event commits with the job row that made it."""
+    store = site.store
+    job = await new_job(store)
+    await store.update_job(job.id, expect_states=(JobState.HELD,), state=JobState.PROCESSING,
+                           device="mfd1", attempts=1)
+    await store.finish_print(job.id, entry_id=f"print:{job.uuid}:1", account_id=None, amount=0,
+                             impressions=1, colour=False, device="mfd1", completed=False,
+                             state_message="jam", body={})
+    await store.update_job(job.id, expect_states=(JobState.HELD,), state=JobState.PROCESSING,
+                           device="mfd2", attempts=2)
+    user = site.database.run_sync(lambda db: add_user_sync(db, "alice", "", "", [], 100))
+    await store.finish_print(job.id, entry_id=f"print:{job.uuid}:2", account_id=user.account_id,
+                             amount=60, impressions=6, colour=False, device="mfd2",
+                             completed=True, state_message="done", body={})
+    events = outbox(site, "job")
+    assert [b["event"] for _, b in events] == ["created", "released", "held", "released",
+                                               "completed"]
+    assert events[0][0] == f"site-a/job:{job.uuid}:created"
+    assert all(i.startswith(f"site-a/job:{job.uuid}:{b['event']}") for i, b in events)
+    assert len({i for i, _ in events}) == 5
+    created, _, held, _, completed = (b for _, b in events)
+    assert (created["owner"], created["pages"], created["copies"], created["queue"]) == \
+        ("alice", 3, 2, "findme")
+    assert held["device"] == "mfd1" and held["state"] == "held" and held["attempt"] == 1
+    assert (completed["device"], completed["charged"], completed["impressions"]) == \
+        ("mfd2", 60, 6)
+    assert "name" not in created, "document names stay at the site"
+
+    status, answer = await push_raw(primary, "site-a", batch_of(site))
+    assert status == 200 and answer["quarantined"] == []
+    log = rows(primary, "SELECT * FROM site_job_log ORDER BY id")
+    assert [(r["site"], r["job_uuid"], r["event"]) for r in log] == \
+        [("site-a", job.uuid, e) for e in ("created", "released", "held", "released",
+                                           "completed")]
+    assert log[-1]["charged"] == 60 and log[-1]["owner"] == "alice"
+    status, again = await push_raw(primary, "site-a", batch_of(site))
+    assert again["applied"] == 0 and again["duplicates"] == answer["applied"]
+    assert len(rows(primary, "SELECT id FROM site_job_log")) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_job_is_created_when_its_document_arrives_and_cancel_expire_are_logged(
+        site):
+    store = site.store
+    waiting = await new_job(store, spool=None)
+    assert outbox(site, "job") == [], "no document yet: nothing acknowledged"
+    await store.update_job(waiting.id, expect_states=(JobState.HELD,), require_no_document=True,
+                           spool_name="doc-2", pages=5, state=JobState.PENDING)
+    other = await new_job(store)
+    await store.update_job(other.id, expect_states=(JobState.HELD,), state=JobState.CANCELED)
+    third = await new_job(store)
+    await store.update_job(third.id, expect_states=(JobState.HELD,), state=JobState.EXPIRED)
+    events = [(b["job_uuid"], b["event"], b["state"], b["pages"]) for _, b in outbox(site, "job")]
+    assert events == [(waiting.uuid, "created", "pending", 5),
+                      (other.uuid, "created", "held", 3), (other.uuid, "cancelled", "canceled", 3),
+                      (third.uuid, "created", "held", 3), (third.uuid, "expired", "expired", 3)]
+    await store.update_job(third.id, spool_name=None)
+    assert len(outbox(site, "job")) == 5, "deleting the document is not a job event"
+
+
+def test_a_rolled_back_job_change_leaves_no_event(site):
+    """Same transaction: the outbox row goes with the job row it describes."""
+
+    def fails(db):
+        db.conn.execute("INSERT INTO jobs (uuid, queue, owner, spool_name, state, created_at) "
+                        "VALUES ('u1', 'findme', 'alice', 'doc', 'held', 0)")
+        raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        site.database.run_sync(fails)
+    assert outbox(site) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_events_with_another_body_or_bad_fields_are_quarantined(primary, site):
+    job = await new_job(site.store)
+    batch = batch_of(site)
+    assert (await push_raw(primary, "site-a", batch))[1]["applied"] == 1
+    forged = copy.deepcopy(batch)
+    forged["events"][0]["body"]["owner"] = "mallory"
+    status, answer = await push_raw(primary, "site-a", forged)
+    assert status == 200 and "another body" in answer["quarantined"][0]["reason"]
+    assert rows(primary, "SELECT owner FROM site_job_log") == [{"owner": "alice"}]
+
+    bad = copy.deepcopy(batch)
+    bad["events"][0]["event_id"] = f"site-a/job:{job.uuid}:completed:x"   # id says completed
+    bad["events"][0]["seq"] += 1
+    status, answer = await push_raw(primary, "site-a", bad)
+    assert status == 200 and "event id" in answer["quarantined"][0]["reason"]
+    bad["events"][0].update(event_id=f"site-a/job:{job.uuid}:created:y",
+                            body={**batch["events"][0]["body"], "pages": "three"})
+    status, answer = await push_raw(primary, "site-a", bad)
+    assert "pages" in answer["quarantined"][0]["reason"]
+    assert len(rows(primary, "SELECT id FROM site_job_log")) == 1
+
+
+# ---------------------------------------------------------------- page-counter checks
+
+
+def counter_check(job_id, attempt=1, **overrides):
+    fields = dict(job_id=job_id, attempt=attempt, device="mfd1", counter_before=1000,
+                  counter_after=1007, counter_delta=7, impressions=6, difference=1,
+                  status="discrepancy", detail="", started_at=100.0, finished_at=130.5)
+    fields.update(overrides)
+    return SimpleNamespace(**fields)
+
+
+@pytest_twisted.ensureDeferred
+async def test_counter_checks_are_pushed_once_and_kept_per_site_at_the_primary(
+        primary, site, site_b):
+    for node in (site, site_b):
+        job = await new_job(node.store)
+        await node.store.add_counter_check(counter_check(job.id))
+        await node.store.add_counter_check(counter_check(job.id))     # a repeat: ignored
+        await node.store.add_counter_check(counter_check(job.id, 2, status="ok", difference=0,
+                                                         counter_before=None))
+        events = outbox(node, "counter_check")
+        assert [i for i, _ in events] == [f"{node.name}/counter:{job.uuid}:1",
+                                          f"{node.name}/counter:{job.uuid}:2"]
+        assert events[0][1]["counter_delta"] == 7 and events[1][1]["counter_before"] is None
+        for _ in range(2):
+            status, answer = await push_raw(primary, node.name, batch_of(node))
+            assert status == 200 and answer["quarantined"] == []
+    checks = rows(primary, "SELECT site, attempt, status, difference FROM site_counter_checks "
+                           "ORDER BY id")
+    assert checks == [{"site": s, "attempt": a, "status": st, "difference": d}
+                      for s in ("site-a", "site-b")
+                      for a, st, d in ((1, "discrepancy", 1), (2, "ok", 0))]
+
+
+# ---------------------------------------------------------------- cards
+
+
+async def pull(node):
+    assert await node.sync.pull_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_card_linked_at_site_a_works_at_site_b(primary, site, site_b):
+    primary.database.run_sync(lambda db: add_user_sync(
+        db, "alice", "Alice", "", [NewIdentity("pin", None, "$argon2id$fake")], 500))
+    await pull(site)
+    await pull(site_b)
+    assert outbox(site) == [] and outbox(site_b) == [], "replicated rows are not pushed back"
+    alice = await site.store.user_by_name("alice")
+    lookup = hmac_of("04:A2:19:7F")
+    assert await CredentialStore(site.database).link_card(alice.id, lookup) == "linked"
+    [(event_id, body)] = outbox(site, "card")
+    assert event_id.startswith(f"site-a/card:{lookup}:")
+    assert body == {"username": "alice", "lookup": lookup, "linked_at": body["linked_at"]}
+    assert await site_b.store.user_by_card(lookup) is None
+
+    assert await site.sync.push_all()
+    assert site.count("SELECT COUNT(*) FROM outbox") == 0
+    await pull(site_b)
+    found = await site_b.store.user_by_card(lookup)
+    assert found is not None and found[0].username == "alice"
+    assert found[1] == "$argon2id$fake", "card + PIN works at site B"
+
+    await pull(site)    # her card comes back to site A: not doubled, not pushed again
+    assert site.count("SELECT COUNT(*) FROM identities WHERE kind = 'card'") == 1
+    assert site.count("SELECT COUNT(*) FROM outbox") == 0
+    assert (await site.store.user_by_card(lookup))[0].username == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_card_conflicts_and_plaintext_cards_are_quarantined_not_applied(primary, site):
+    taken = hmac_of("taken")
+    primary.database.run_sync(lambda db: (
+        add_user_sync(db, "alice", "", "", [], 0),
+        add_user_sync(db, "bob", "", "", [NewIdentity("card", taken, None)], 0)))
+    await pull(site)
+    alice = await site.store.user_by_name("alice")
+    site.database.run_sync(lambda db: db.conn.execute(
+        "DELETE FROM identities WHERE lookup = ?", (taken,)))   # the site lost bob's card
+    credentials = CredentialStore(site.database)
+    assert await credentials.link_card(alice.id, taken) == "linked"
+    mine = hmac_of("mine")
+    assert await credentials.link_card(alice.id, mine) == "linked"
+    batch = batch_of(site)
+    ghost = copy.deepcopy(batch["events"][1])
+    ghost.update(seq=ghost["seq"] + 1, event_id=ghost["event_id"] + "0")
+    ghost["body"]["username"] = "ghost"
+    plain = copy.deepcopy(ghost)
+    plain.update(seq=plain["seq"] + 1, event_id="site-a/card:4111111111111111:1",
+                 body={"username": "alice", "lookup": "4111111111111111", "linked_at": 1.0})
+    extra = copy.deepcopy(batch["events"][1])
+    extra.update(seq=plain["seq"] + 1, event_id=extra["event_id"] + "1")
+    extra["body"]["card_number"] = "4111111111111111"
+    batch["events"] += [ghost, plain, extra]
+    status, answer = await push_raw(primary, "site-a", batch)
+    assert status == 200 and answer["applied"] == 1
+    reasons = [q["reason"] for q in answer["quarantined"]]
+    assert "belongs to the primary's user 'bob'" in reasons[0]
+    assert "unknown user 'ghost'" in reasons[1]
+    assert "card HMAC" in reasons[2]
+    assert "unexpected fields ['card_number']" in reasons[3]
+    owners = rows(primary, "SELECT u.username, i.lookup FROM identities i JOIN users u "
+                           "ON u.id = i.user_id WHERE i.kind = 'card' ORDER BY i.id")
+    assert owners == [{"username": "bob", "lookup": taken}, {"username": "alice", "lookup": mine}]
+    stored = json.dumps(rows(primary, "SELECT body FROM sync_quarantine"))
+    assert "4111111111111111" in stored and "card_number" in stored  # kept for the operator
+    assert "4111111111111111" not in json.dumps(rows(primary, "SELECT * FROM identities"))
+
+
+# ---------------------------------------------------------------- users made at a site
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_imported_at_a_site_reaches_the_primary_and_the_other_sites(
+        primary, site, site_b):
+    card = hmac_of("carol-card")
+    site.database.run_sync(lambda db: add_user_sync(
+        db, "carol", "Carol", "carol@example.org",
+        [NewIdentity("card", card, None), NewIdentity("pin", None, "$argon2id$carol")], 250))
+    kinds = [(i.split(":")[0], b.get("username") or b.get("account")) for i, b in outbox(site)]
+    assert kinds == [("site-a/user", "carol"), ("site-a/card", "carol"),
+                     ("site-a/seed", "user:carol")]
+    assert "$argon2id$carol" not in json.dumps(outbox(site)), "no verifier is pushed"
+    assert await site.sync.push_all()
+    assert rows(primary, "SELECT username, full_name, email, disabled, directory_id "
+                         "FROM users") == [{"username": "carol", "full_name": "Carol",
+                                            "email": "carol@example.org", "disabled": 0,
+                                            "directory_id": None}]
+    assert primary.count("SELECT SUM(amount) FROM ledger l JOIN accounts a ON a.id = "
+                         "l.account_id WHERE a.name = 'user:carol'") == 250
+    await pull(site_b)
+    found = await site_b.store.user_by_card(card)
+    assert found is not None and found[0].username == "carol" and found[1] is None
+    await pull(site)
+    assert site.count("SELECT COUNT(*) FROM users") == 1
+    assert site.count("SELECT COUNT(*) FROM outbox") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_site_user_the_primary_already_knows_changes_nothing_there(primary, site):
+    primary.database.run_sync(lambda db: add_user_sync(db, "dave", "Dave (HQ)", "", [], 0))
+    site.database.run_sync(lambda db: add_user_sync(db, "dave", "Dave at A", "", [], 0))
+    status, answer = await push_raw(primary, "site-a", batch_of(site))
+    assert status == 200 and answer["applied"] == 1 and answer["quarantined"] == []
+    assert rows(primary, "SELECT full_name FROM users") == [{"full_name": "Dave (HQ)"}]
+
+
+# ---------------------------------------------------------------- per-site unattributed
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_site_charges_unknown_users_to_its_own_system_account(
+        tmp_path, primary, site, site_b):
+    from twisted.internet import reactor
+
+    for node, amount in ((site, 30), (site_b, 45)):
+        account_id = await node.store.unattributed_account()
+        job = await new_job(node.store, owner="stranger", queue="mfd1")
+        await node.store.finish_print(job.id, entry_id=f"print:{job.uuid}:1",
+                                      account_id=account_id, amount=amount, impressions=3,
+                                      colour=False, device="mfd1", completed=True,
+                                      state_message="", body={})
+        assert await node.sync.push_all()
+    accounts = rows(primary, "SELECT a.name, a.kind, a.overdraft_limit, SUM(l.amount) AS total "
+                             "FROM accounts a JOIN ledger l ON l.account_id = a.id "
+                             "GROUP BY a.id ORDER BY a.name")
+    assert accounts == [
+        {"name": "site:site-a:unattributed", "kind": "system", "overdraft_limit": None,
+         "total": -30},
+        {"name": "site:site-b:unattributed", "kind": "system", "overdraft_limit": None,
+         "total": -45}]
+    bare = Database(tmp_path / "bare.sqlite3", reactor)
+    bare.open()
+    try:
+        assert bare.run_sync(unattributed_account_name) == SYSTEM_ACCOUNT
+    finally:
+        bare.close()
+
+
+# ---------------------------------------------------------------- directory id
+
+
+def test_the_users_directory_id_travels_in_the_change_stream_and_the_snapshot(primary):
+    def work(db):
+        add_user_sync(db, "erin", "", "", [], 0)
+        db.conn.execute("UPDATE users SET directory_id = 'uuid-erin' WHERE username = 'erin'")
+
+    primary.database.run_sync(work)
+    bodies = [json.loads(r["body"]) for r in rows(
+        primary, "SELECT body FROM changes WHERE kind = 'user' ORDER BY seq")]
+    assert [b["directory_id"] for b in bodies] == [None, "uuid-erin"]
+    snapshot, _ = primary.database.run_sync(snapshot_sync)
+    [user] = [c.body for c in snapshot if c.kind == "user"]
+    assert user == bodies[-1]
