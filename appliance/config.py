@@ -23,7 +23,7 @@ from appliance.config_auth import (
 )
 from appliance.config_enroll import EnrollConfig, parse_enroll
 from appliance.config_offline import OfflineConfig, parse_offline
-from appliance.config_provider import ProviderLinkConfig, parse_provider
+from appliance.config_provider import PROVIDER_TIMINGS, ProviderLinkConfig, parse_provider
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
 from appliance.core.credentials import CardRule
 from appliance.protocols.lpd.parser import parse_lpd_uri
@@ -507,6 +507,12 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
                           [d.ipp_auth for d in devices])
     if r.errors:
         raise ConfigError(r.errors)
+    if config.role == "site" and config.primary is None and config.provider is not None:
+        # A promoted provider (docs/providers.md): its first upstream is its primary.
+        link = config.provider
+        config = replace(config, primary=PrimaryLinkConfig(
+            url=link.upstreams[0], ca_file=link.ca_file, cert_file=link.cert_file,
+            key_file=link.key_file, **{k: getattr(link, k) for k in PROVIDER_TIMINGS}))
     return config
 
 

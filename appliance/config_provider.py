@@ -1,7 +1,9 @@
 """`[provider]`: a provider's ordered upstreams and how it talks to them (docs/providers.md).
 
 Parsed by `config.parse` with its error collector (`r`), so that its mistakes are
-reported with every other one, each with its path.
+reported with every other one, each with its path. A site with a `[provider]` table and
+no `[primary]` is a promoted provider: its first upstream becomes its primary (the
+change of role is the whole promotion).
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ def parse_provider(r: Any, root: dict[str, Any], role: str,
                             "cert_file, key_file)")
         return None
     table = r.table(root, "", "provider")
-    if role != "provider":
-        hint = (" (a promoted provider names its primary in [primary]: url = the first "
-                "upstream, the same TLS files)") if role == "site" else ""
-        r.errors.append(f"provider: only a provider has upstreams (this is role {role!r}){hint}")
+    if role == "site" and "primary" in root:
+        r.errors.append("provider: a promoted provider (role 'site') reports to its first "
+                        "upstream; give either [provider] or [primary], not both")
+    elif role not in ("provider", "site"):
+        r.errors.append(f"provider: only a provider has upstreams (this is role {role!r})")
     r.unknown(table, "provider", {"upstreams", "ca_file", "cert_file", "key_file",
                                   *PROVIDER_TIMINGS})
     raw = r.get(table, "provider", "upstreams", list, [], required=True)

@@ -8,7 +8,7 @@ provider with `lp` while the primary is down; the provider fails over to the sit
 which takes the unacknowledged batch and the new charges and keeps them for the
 primary. When the primary is back, every job the provider printed is in its ledger
 exactly once (the first batch arrives twice: directly, then through the site).
-Then the provider is promoted to a site (its configuration's role, restart): the jobs
+Then the provider is promoted to a site (`role = "site"`, restart): the jobs
 it held are still held and are released at its MFD, and that charge reaches the
 primary under the provider's name.
 """
@@ -247,12 +247,11 @@ def test_provider_failover_charges_once_and_promotion_keeps_its_jobs(tmp_path):
         held = query(p1_db, "SELECT uuid FROM jobs WHERE state = 'held' ORDER BY uuid")
         assert len(held) == 2
 
-        # 4. Promotion: role "site", [provider] becomes [primary]; restart.
+        # 4. Promotion: the role line changes, nothing else; restart.
         stop(p1)
         assert p1.returncode == 0
-        p1_toml.write_text(
-            'role = "site"\n' + p1_common
-            + f'[primary]\nurl = "https://127.0.0.1:{hq_sync}"\n{tls(pki, "p1")}{FAST}')
+        text = p1_toml.read_text()
+        p1_toml.write_text(text.replace('role = "provider"', 'role = "site"', 1))
         p1 = serve(p1_toml, tmp_path / "p1.log")
         wait_for(lambda: answers(p1_api), "the promoted site's device API")
         status, session = device_api(p1_api, "POST", "sessions", {"card": "0042",

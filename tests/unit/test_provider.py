@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import task
 
 from appliance.config import ConfigError, parse
+from appliance.core.sync import SiteSync
 from appliance.pki import Identity
 from appliance.protocols.http.sync_api import SyncApi
 from appliance.protocols.http.sync_client import HttpSyncClient, LoopbackTransport
@@ -175,12 +176,25 @@ def test_a_site_serving_providers_needs_a_primary(tmp_path):
     assert config.sync is not None and config.sync.port == 8634
 
 
-def test_a_site_with_provider_upstreams_is_told_how_to_promote(tmp_path):
+def test_a_promoted_provider_reports_to_its_first_upstream(tmp_path):
+    """Promotion is the change of role: a site with [provider] and no [primary] takes
+    the first upstream as its primary, with the same certificate and timings."""
+    config = parse({**_provider_root(tmp_path, heartbeat_interval=0.5), "role": "site"},
+                   base_dir=tmp_path)
+    link = config.primary
+    assert config.role == "site" and link is not None
+    assert (link.url, link.cert_file, link.heartbeat_interval) == (
+        PRIMARY_URL, tmp_path / "pki/p1.crt", 0.5)
     with pytest.raises(ConfigError) as caught:
-        parse({**_provider_root(tmp_path), "role": "site"})
-    assert caught.value.errors[0].startswith("provider: only a provider has upstreams "
-                                             "(this is role 'site') (a promoted provider "
-                                             "names its primary in [primary]")
+        parse({**_provider_root(tmp_path), "role": "site",
+               "primary": {"url": PRIMARY_URL, "ca_file": "a", "cert_file": "b",
+                           "key_file": "c"}})
+    assert caught.value.errors[0].startswith("provider: a promoted provider (role 'site')")
+    with pytest.raises(ConfigError) as caught:
+        parse({**_provider_root(tmp_path), "role": "primary",
+               "sync": {"ca_file": "a", "cert_file": "b", "key_file": "c"}})
+    assert caught.value.errors == ["provider: only a provider has upstreams "
+                                   "(this is role 'primary')"]
 
 
 # ---------------------------------------------------------------- reporting and failover
@@ -407,11 +421,10 @@ async def test_promotion_keeps_held_jobs_history_and_the_outbox(tmp_path):
         "charge", "print", {"pages": 2}, device="lobby", impressions=2, colour=False))
     await provider.stop()
 
-    promoted = {k: v for k, v in root.items() if k != "provider"}
-    promoted["role"] = "site"     # and no uplink in this test: a standalone site
-    site = build_site(parse(promoted, base_dir=tmp_path), reactor)
+    site = build_site(parse({**root, "role": "site"}, base_dir=tmp_path), reactor)
     try:
-        assert site.config.role == "site" and site.sync is None
+        assert site.config.role == "site" and isinstance(site.sync, SiteSync)
+        assert site.sync.client.transport.base_url == PRIMARY_URL
         jobs = await site.jobs.held_for("alice")
         assert sorted(j.uuid for j in jobs) == sorted(held)
         site.release.drivers["ipp"] = ScriptedDevice()
