@@ -234,16 +234,23 @@ def enroll_command(args: argparse.Namespace) -> int:
     return status
 
 
-def enroll_before_serve(config_path: Path, config: Any) -> int:
+def enroll_before_serve(config_path: Path, config: Any, *, wait: float = 25.0,
+                        poll: float = 2.0) -> int:
     """`outpost serve` of a site that has a `[primary]` but no certificate yet, and an
-    enroll.toml beside its configuration (the first-boot seed's): enroll first. One try;
-    a non-zero status ends `serve`, and systemd's Restart= tries again later."""
+    enroll.toml beside its configuration (the first-boot seed's): enroll first.
+
+    It keeps trying for `wait` seconds (under the unit's watchdog) while the primary is
+    unreachable or approval is pending, then ends `serve` with 75 so that systemd's
+    Restart= tries again later. A refusal (bad, used, expired or revoked token, CA pin
+    mismatch) ends it with 2, which the unit does not restart: only a new token helps."""
     link = config.primary
     if config.role != "site" or link is None or link.cert_file.exists():
         return 0
     if not enroll_settings(config_path):
         return 0
-    status, report = enroll(config_path)
+    status, report = enroll(config_path, wait=wait, poll=poll)
+    if status == 3:
+        status = 2
     print(json.dumps({"event": "enroll", **report}), file=sys.stderr if status else sys.stdout,
           flush=True)
     return status

@@ -448,5 +448,20 @@ async def test_a_seeded_site_enrolls_at_its_first_start(tmp_path, capsys):
         # The next start finds the certificate and does nothing.
         assert await threads.deferToThread(enroll_before_serve, etc / "site.toml", config) == 0
         assert capsys.readouterr().out == ""
+        # Certificate lost but key kept: the token redeems again for the same key.
+        config.primary.cert_file.unlink()
+        assert await threads.deferToThread(enroll_before_serve, etc / "site.toml", config) == 0
+        # Key lost too: the used token is refused, and the unit must not restart (2).
+        config.primary.cert_file.unlink()
+        config.primary.key_file.unlink()
+        assert await threads.deferToThread(enroll_before_serve, etc / "site.toml", config) == 2
+        assert "token_used" in capsys.readouterr().err
+        # The primary unreachable: 75 (systemd's Restart= tries again).
+        text = (etc / "enroll.toml").read_text()
+        (etc / "enroll.toml").write_text(text.replace(
+            f'enroll_url = "https://127.0.0.1:{ports["enroll"]}"',
+            'enroll_url = "https://127.0.0.1:1"'))
+        assert await threads.deferToThread(
+            lambda: enroll_before_serve(etc / "site.toml", config, wait=0)) == 75
     finally:
         await primary.stop()
