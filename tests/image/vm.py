@@ -64,9 +64,12 @@ def extract_boot_files(image: Path, workdir: Path) -> tuple[Path, Path]:
 class Vm:
     def __init__(self, image: Path, workdir: Path, *, seed: Path | None = None,
                  forwards: dict[int, int] | None = None, memory_mb: int = 1024,
-                 append: str | None = None) -> None:
+                 append: str | None = None, extra: list[str] | None = None,
+                 restrict: bool = False) -> None:
         """`append`: boot the image's own kernel and initrd directly with this command line
-        (what an edited boot entry would pass); otherwise boot through systemd-boot."""
+        (what an edited boot entry would pass); otherwise boot through systemd-boot.
+        `extra`: more qemu arguments (a second NIC, -fw_cfg entries). `restrict`: the
+        user-mode network reaches nothing outside the VM (the port forwards still work)."""
         self.workdir = workdir
         self.accel = accelerator()
         self.console = workdir / "console.log"
@@ -87,13 +90,15 @@ class Vm:
             "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,file={vars_fd}",
             "-drive", f"if=virtio,format=qcow2,file={self.disk}",
-            "-netdev", f"user,id=n0{hostfwd}", "-device", "virtio-net-pci,netdev=n0",
+            "-netdev", f"user,id=n0{',restrict=on' if restrict else ''}{hostfwd}",
+            "-device", "virtio-net-pci,netdev=n0",
         ]
         if seed is not None:
             self.command += ["-drive", f"if=virtio,format=raw,readonly=on,file={seed}"]
         if append is not None:
             kernel, initrd = extract_boot_files(image, workdir)
             self.command += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+        self.command += extra or []
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
