@@ -27,8 +27,9 @@ def register(commands: Any) -> None:
                     "the WAN simulator (default: one site, no primary)")
     up.add_argument("--providers", type=int, default=0, metavar="P",
                     help="with --sites: P providers, their uplinks through the WAN simulator")
-    up.add_argument("--profile", choices=("default", "fast"), default="default",
-                    help="with --sites: time-based settings (fast: scenario timings)")
+    up.add_argument("--profile", choices=("default", "fast", "demo"), default="default",
+                    help="with --sites: time-based settings (fast: scenario timings, demo: "
+                    "make demo's)")
     up.add_argument("--failpoint", action="append", default=[], metavar="DAEMON=SPEC",
                     help="with --sites: arm OUTPOST_FAILPOINTS=SPEC in DAEMON's first start "
                     "(DAEMON@N: its N-th), e.g. site-1=db.after_commit=kill@40 (repeatable)")

@@ -71,6 +71,9 @@ PROFILES = {
                         online_after_successes=3, request_timeout=1.0, push_interval=0.25,
                         push_batch_size=50, hold_hours=0.25, expire_interval=5.0,
                         use_ghostscript=False),
+    # `make demo`: an outage noticed within a second or two, colour analysed.
+    "demo": LinkProfile(heartbeat_interval=0.5, offline_after_misses=2,
+                        online_after_successes=3, request_timeout=1.5, push_interval=0.5),
 }
 
 
@@ -143,6 +146,7 @@ class MultiLab:
         for i in range(1, self.options.sites + 1):
             ports.setdefault(f"site-{i}", {k: free_port() for k in ("ipp", "device_api", "lpd",
                                                                     "wan")})
+            ports[f"site-{i}"].setdefault("relay", free_port())   # its providers' [sync]
         for i in range(1, self.options.providers + 1):
             ports.setdefault(f"provider-{i}", {k: free_port() for k in ("ipp", "device_api",
                                                                         "lpd", "wan")})
@@ -164,7 +168,9 @@ class MultiLab:
         wanted += [("provider", f"provider-{i}") for i in range(1, self.options.providers + 1)]
         for kind, name in wanted:
             if not (pki / f"{name}.crt").exists():
-                hosts = ["127.0.0.1", "localhost"] if kind == "primary" else []
+                # The primary and the sites serve sync (a site to its providers): their
+                # names are checked against the URL.
+                hosts = ["127.0.0.1", "localhost"] if kind != "provider" else []
                 issue(ca, kind=kind, name=name, hosts=hosts).write(pki, name)
         return pki
 
@@ -222,24 +228,54 @@ class MultiLab:
         return path
 
     def _site_config(self, name: str, ports: dict[str, int], pki: Path,
-                     mfds: list[dict[str, Any]]) -> Path:
+                     mfds: list[dict[str, Any]], relay: bool = False) -> Path:
         base = self.dir / name
         lines = self._common("site", name, base, ports) + self._uplink(name, pki, ports["wan"])
-        for mfd in mfds:
-            lines += ["[[devices]]", f"name = {_toml_str(mfd['name'])}",
-                      f"uri = {_toml_str(mfd['ipp'])}", ""]
+        if relay:
+            lines += ["# The sync port its providers fail over to (docs/providers.md).",
+                      "[sync]", 'host = "127.0.0.1"', f"port = {ports['relay']}",
+                      f"ca_file = {_toml_str(pki / 'ca.crt')}",
+                      f"cert_file = {_toml_str(pki / f'{name}.crt')}",
+                      f"key_file = {_toml_str(pki / f'{name}.key')}", ""]
+        lines += _devices(mfds)
         path = base / "site.toml"
         write_atomically(path, "\n".join(lines))
         return path
 
-    def _provider_config(self, name: str, site: str, ports: dict[str, int], pki: Path,
-                         site_ports: dict[str, int]) -> Path:
-        """A provider's configuration (docs/providers.md, once the role lands)."""
+    def _provider_config(self, name: str, ports: dict[str, int], pki: Path,
+                         site_ports: dict[str, int], mfds: list[dict[str, Any]]) -> Path:
+        """A provider (docs/providers.md): its uplinks in order, the primary (through the
+        WAN simulator) first, then its site server's `[sync]` port (on the LAN)."""
         base = self.dir / name
-        lines = self._common("provider", name, base, ports) + self._uplink(name, pki,
-                                                                          ports["wan"])
+        p = self.profile
+        lines = self._common("provider", name, base, ports) + _devices(mfds) + [
+            "[provider]",
+            f'upstreams = ["https://127.0.0.1:{ports["wan"]}", '
+            f'"https://127.0.0.1:{site_ports["relay"]}"]',
+            f"ca_file = {_toml_str(pki / 'ca.crt')}",
+            f"cert_file = {_toml_str(pki / f'{name}.crt')}",
+            f"key_file = {_toml_str(pki / f'{name}.key')}",
+            f"heartbeat_interval = {p.heartbeat_interval}",
+            f"offline_after_misses = {p.offline_after_misses}",
+            f"online_after_successes = {p.online_after_successes}",
+            f"request_timeout = {p.request_timeout}",
+            f"push_interval = {p.push_interval}",
+            f"push_batch_size = {p.push_batch_size}", "",
+        ]
         path = base / "provider.toml"
         write_atomically(path, "\n".join(lines))
+        return path
+
+    def promote(self, name: str) -> Path:
+        """Rewrite a provider's configuration as a site's (docs/providers.md, promotion):
+        role "site", `[primary]` = its first upstream with the same TLS files; the rest
+        stays. The caller restarts it."""
+        path = self.dir / name / "provider.toml"
+        text = path.read_text()
+        head = text.split("[provider]")[0].replace('role = "provider"', 'role = "site"')
+        wan_port = self._ports()[name]["wan"]
+        write_atomically(path, head + "\n".join(self._uplink(name, self.dir / "pki",
+                                                               wan_port)))
         return path
 
     def _share_card_key(self, name: str) -> None:
@@ -253,12 +289,12 @@ class MultiLab:
 
     # ------------------------------------------------------------------ MFDs, WAN
 
-    def _start_mfds(self, site_index: int) -> list[dict[str, Any]]:
+    def _start_mfds(self, prefix: str, count: int) -> list[dict[str, Any]]:
         from simulators.mfd.printer import SimulatedMfd
 
         entries = []
-        for j in range(1, self.options.mfds + 1):
-            name = f"s{site_index}-mfd-{j}"
+        for j in range(1, count + 1):
+            name = f"{prefix}-mfd-{j}"
             base = self.dir / "mfds" / name
             output, state = base / "output", base / "state"
             output.mkdir(parents=True, exist_ok=True)
@@ -339,9 +375,10 @@ class MultiLab:
         sites: list[dict[str, Any]] = []
         for i in range(1, self.options.sites + 1):
             name = f"site-{i}"
-            mfds = self._start_mfds(i)
+            mfds = self._start_mfds(f"s{i}", self.options.mfds)
             self._share_card_key(name)
-            config = self._site_config(name, ports[name], pki, mfds)
+            config = self._site_config(name, ports[name], pki, mfds,
+                                       relay=self.options.providers > 0)
             self._daemon(name, config).start()
             p = ports[name]
             sites.append({
@@ -360,23 +397,34 @@ class MultiLab:
             name = f"provider-{i}"
             home = f"site-{(i - 1) % self.options.sites + 1}"
             self._share_card_key(name)
-            config = self._provider_config(name, home, ports[name], pki, ports[home])
+            mfds = self._start_mfds(f"p{i}", 1)
+            config = self._provider_config(name, ports[name], pki, ports[home], mfds)
             self._daemon(name, config).start()
-            providers.append({"name": name, "site": home,
-                              "ipp": f"ipp://127.0.0.1:{ports[name]['ipp']}/printers/findme",
-                              "state_dir": str(self.dir / name / "state"),
-                              "config": str(config)})
+            p = ports[name]
+            providers.append({
+                "name": name, "site": home,
+                "ipp": f"ipp://127.0.0.1:{p['ipp']}/printers/findme",
+                "device_api": f"http://127.0.0.1:{p['device_api']}/api/v1",
+                "ipp_port": p["ipp"], "device_api_port": p["device_api"],
+                "state_dir": str(self.dir / name / "state"), "config": str(config),
+                "wan_proxy": links[name],
+                "mfds": [{**m, "queue": f"ipp://127.0.0.1:{p['ipp']}/printers/{m['name']}"}
+                         for m in mfds]})
         self._watch = task.LoopingCall(self.check)
         self._watch.clock = self.reactor
         self._watch.start(0.5, now=False)
         wanted = [primary_ports["sync"]]
         for site in sites:
             wanted += [site["ipp_port"], site["device_api_port"], site["lpd_port"]]
+            if providers:
+                wanted.append(ports[site["name"]]["relay"])
+        for provider in providers:
+            wanted += [provider["ipp_port"], provider["device_api_port"]]
         wanted += [mfd.ipp_port for mfd in self.mfds] + [mfd.control_port for mfd in self.mfds]
         await self._wait(f"ports {wanted}", lambda: all(port_open(p) for p in wanted))
-        await self._wait("every site to replicate the users",
+        await self._wait("every site and provider to replicate the users",
                          lambda: all(_count_users(Path(s["state_dir"])) >= len(users)
-                                     for s in sites))
+                                     for s in [*sites, *providers]))
         primary_entry = {
             "name": PRIMARY_NAME, "pid": primary.pid,
             "sync": f"https://127.0.0.1:{primary_ports['sync']}/sync/v1/",
@@ -443,6 +491,14 @@ class MultiLab:
             await mfd.stop()
         self.endpoints_path.unlink(missing_ok=True)
         log.info("lab stopped")
+
+
+def _devices(mfds: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for mfd in mfds:
+        lines += ["[[devices]]", f"name = {_toml_str(mfd['name'])}",
+                  f"uri = {_toml_str(mfd['ipp'])}", ""]
+    return lines
 
 
 def _count_users(state_dir: Path) -> int:

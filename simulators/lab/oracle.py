@@ -122,14 +122,22 @@ def judge(observed: Observed, requirements: Requirements) -> tuple[dict[str, Any
         if count > 1:
             doubled += count - 1
             problems.append(f"doubled: ledger id {entry_id} appears {count} times")
-    for key, count in prints_by_job.items():
-        if count > 1:
-            doubled += count - 1
-            problems.append(f"doubled: job {key} has {count} print charges")
-    for name, count in Counter(observed.printed).items():
-        if name.startswith(observed.workload_prefix) and count > 1:
-            doubled += count - 1
-            problems.append(f"doubled: job {name} was printed {count} times")
+    # One charge per physical print: a job printed once has one print charge; a job that
+    # jammed after k pages and was released again has two partial prints and two charges
+    # (attempts 1 and 2). More charges than prints, or more prints than charges (beyond a
+    # job's first), is a double.
+    outputs = Counter(observed.printed)
+    for site, jobs in sorted(observed.site_jobs.items()):
+        for job_id, site_job in sorted(jobs.items()):
+            if not site_job.name.startswith(observed.workload_prefix):
+                continue
+            charges = prints_by_job.get(f"{site}/{site_job.uuid}", 0)
+            printed = outputs.get(site_job.name, 0)
+            extra = max(0, charges - printed) + max(0, printed - max(charges, 1))
+            if extra:
+                doubled += extra
+                problems.append(f"doubled: job {site_job.name} ({site} job {job_id}) was "
+                                f"printed {printed} times and charged {charges} times")
 
     balances: Counter[str] = Counter()
     for row in observed.primary_ledger:

@@ -76,7 +76,9 @@ class Driver:
 
     @property
     def mfds(self) -> dict[str, list[str]]:
-        return {s["name"]: [m["name"] for m in s["mfds"]] for s in self.lab.endpoints["sites"]}
+        data = self.lab.endpoints
+        return {s["name"]: [m["name"] for m in s["mfds"]]
+                for s in [*data["sites"], *data["providers"]]}
 
     def phase(self, name: str, count: int, mix: Mix) -> None:
         users = [u["username"] for u in self.lab.endpoints["users"]]
@@ -158,8 +160,37 @@ class Driver:
                 return int(entry["pid"])
         raise KeyError(daemon)
 
+    def promote(self, provider: str) -> None:
+        """Promote a provider to a site server: its configuration's role becomes "site"
+        (docs/providers.md), then it is restarted (SIGTERM; the lab starts it again with
+        the new configuration) over the same database."""
+        from simulators.lab.multi import MultiLab, MultiLabOptions
+
+        data = self.lab.endpoints
+        lab_dir = Path(data["lab"]["dir"])
+        MultiLab(MultiLabOptions(lab_dir, sites=len(data["sites"]),
+                                 providers=len(data["providers"]), profile="fast"),
+                 reactor=None).promote(provider)
+        self.note("promote", provider)
+        old = self._pid(provider)
+        os.killpg(old, signal.SIGTERM)
+        entry = next(p for p in data["providers"] if p["name"] == provider)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self._pid(provider) != old and port_open(entry["device_api_port"]) \
+                        and port_open(entry["ipp_port"]):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        else:
+            raise ScenarioFailed(f"{provider} did not come back as a site")
+        self.wait_mode(provider, "online")
+
     def wait_mode(self, site: str, mode: str, timeout: float = 60.0) -> None:
-        state_dir = Path(next(s for s in self.lab.endpoints["sites"]
+        data = self.lab.endpoints
+        state_dir = Path(next(s for s in [*data["sites"], *data["providers"]]
                               if s["name"] == site)["state_dir"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -181,6 +212,7 @@ class Scenario:
     failpoints: Callable[[random.Random], dict[str, str]] = lambda rng: {}
     #: Offline allowances: the share of what an account can spend granted to each site.
     offline_share: float | None = None
+    providers: int = 0
 
 
 # ---------------------------------------------------------------- the scenarios
@@ -263,6 +295,24 @@ def partition_double_spend(d: Driver) -> None:
     d.phase("after", 60, Mix(BOTH))
 
 
+PROVIDER = "provider-1"
+
+
+def promote_provider(d: Driver) -> None:
+    """A provider (its jobs and panel) whose uplink to the primary is cut fails over to
+    its site server; then it is promoted to a site server by configuration and restarted:
+    the jobs it held stay held and are released afterwards, each charged once."""
+    everywhere = {"site-1": 1.0, "site-2": 1.0, PROVIDER: 1.5}
+    d.phase("warm", 70, Mix(everywhere))
+    d.cut(PROVIDER)
+    d.phase("failover", 90 + d.rng.randint(0, 20),
+            Mix({"site-1": 0.5, "site-2": 0.5, PROVIDER: 2.0}))
+    d.heal(PROVIDER)
+    d.phase("back", 40, Mix(everywhere, print=0.45, release=0.0))
+    d.promote(PROVIDER)
+    d.phase("promoted", 110, Mix(everywhere, print=0.15, release=0.35))
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("wan-drop", "site-1's WAN link is cut mid-workload, users carry on, it returns",
              wan_drop, Requirements(wan=True, zero_mfd_errors=True)),
@@ -287,6 +337,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              Requirements(wan=True, zero_mfd_errors=True), offline_share=0.5),
     Scenario("long-outage", "both sites offline for most of the workload, then one merge",
              long_outage, Requirements(wan=True, zero_mfd_errors=True)),
+    Scenario("promote-provider", f"{PROVIDER}'s uplink to the primary is cut (it fails "
+             "over to site-1), then it is promoted to a site server and restarted; its "
+             "held jobs are released after", promote_provider, Requirements(), providers=1),
 ]}
 
 
@@ -319,6 +372,13 @@ def settle(driver: Driver, timeout: float = SETTLE_TIMEOUT) -> None:
                     port_open(site["device_api_port"])
             except sqlite3.Error:
                 ready = False
+        for provider in data["providers"]:
+            db = Path(provider["state_dir"]) / "outpost.sqlite3"
+            try:   # a provider reports to whichever upstream is up: its outbox empties
+                ready = ready and _query(db, "SELECT COUNT(*) FROM outbox")[0][0] == 0 and \
+                    port_open(provider["device_api_port"])
+            except sqlite3.Error:
+                ready = False
         if ready:
             return
         time.sleep(0.2)
@@ -335,7 +395,7 @@ def collect(driver: Driver, scenario: str) -> Observed:
     outages = _query(primary_db, "SELECT COUNT(*) FROM outage_reports")[0][0]
     site_jobs: dict[str, dict[int, SiteJob]] = {}
     printed: list[str] = []
-    for site in data["sites"]:
+    for site in [*data["sites"], *data["providers"]]:
         db = Path(site["state_dir"]) / "outpost.sqlite3"
         site_jobs[site["name"]] = {
             row[0]: SiteJob(row[1], row[2], row[3], row[4])
@@ -401,6 +461,7 @@ def run_scenario(name: str, seed: int, *, as_json: bool = False,
     try:
         documents = _documents(lab_dir / "documents")
         with running_lab(lab_dir / "lab", sites=2, mfds=2, profile="fast",
+                         providers=scenario.providers,
                          failpoints=failpoints, wan_seed=seed,
                          offline_share=scenario.offline_share
                          if offline_allowances_available() else None) as lab:

@@ -176,7 +176,9 @@ class Executor:
         self.log = WorkloadLog()
         data = endpoints()
         self.users = {u["username"]: u for u in data["users"]}
-        self.sites = {s["name"]: s for s in data["sites"]}
+        #: Where users print, release and copy: the sites, and the providers' queues and
+        #: panels (a provider serves them as a site does).
+        self.sites = {s["name"]: s for s in [*data["sites"], *data.get("providers", [])]}
         #: Called before each step with its index (scenarios hang faults here).
         self.before_step: Callable[[Step], None] | None = None
 

@@ -11,7 +11,8 @@ import pytest
 from simulators.lab.scenarios import SCENARIOS
 from simulators.lab.workload import Mix, plan
 
-MFDS = {"site-1": ["s1-mfd-1", "s1-mfd-2"], "site-2": ["s2-mfd-1", "s2-mfd-2"]}
+MFDS = {"site-1": ["s1-mfd-1", "s1-mfd-2"], "site-2": ["s2-mfd-1", "s2-mfd-2"],
+        "provider-1": ["p1-mfd-1"]}
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 
 
@@ -45,6 +46,9 @@ class RecordingDriver:
 
     def kill(self, daemon: str, delay: float = 0.0) -> None:
         self.log.append(("kill", daemon, delay))
+
+    def promote(self, provider: str) -> None:
+        self.log.append(("promote", provider, self.next_step))
 
     def wait_mode(self, site: str, mode: str, timeout: float = 60.0) -> None:
         self.log.append(("wait", site, mode))

@@ -72,6 +72,14 @@ def test_a_second_row_for_one_id_one_job_or_a_second_output_is_doubled():
     assert verdict["doubled"] == 1, "only the workload's own jobs are judged"
 
 
+def test_a_jammed_job_released_again_is_two_prints_and_two_charges_not_a_double():
+    again = [LedgerRow("site-2/print:u-4:2", "user:bob", -30, "charge", "print")]
+    verdict, problems = judge(observed(primary_ledger=observed().primary_ledger + again,
+                                       printed=["w7-00002", "w7-00002"], went_offline=True),
+                              EASY)
+    assert verdict["doubled"] == 0 and problems == []
+
+
 def test_overspend_is_what_goes_below_zero_beyond_the_allowances():
     spend = [LedgerRow("site-1/usage:x", "user:bob", -700, "charge", "copy")]
     verdict, problems = judge(observed(primary_ledger=observed().primary_ledger + spend),
