@@ -89,7 +89,7 @@ def api(port: int, path: str, body: dict, token: str | None = None) -> tuple[int
 class Deployment:
     """A primary that enrolls sites (CA key 0600), alice imported at the primary."""
 
-    def __init__(self, tmp: Path, *, lifetime: float = 3600.0) -> None:
+    def __init__(self, tmp: Path, *, lifetime: float = 3600.0, approval: bool = False) -> None:
         self.tmp = tmp
         pki = tmp / "pki"
         assert outpost("pki", "init", str(pki)).returncode == 0
@@ -104,7 +104,7 @@ class Deployment:
             f'[sync]\nport = {self.sync_port}\nca_file = "{pki}/ca.crt"\n'
             f'cert_file = "{pki}/hq.crt"\nkey_file = "{pki}/hq.key"\n'
             f'[enroll]\nca_key_file = "{pki}/ca.key"\nport = {self.enroll_port}\n'
-            f"cert_lifetime = {lifetime}\n")
+            f"cert_lifetime = {lifetime}\napproval = {str(approval).lower()}\n")
         users = tmp / "users.json"
         users.write_text(json.dumps([{"username": "alice", "card": "0042", "pin": "1234",
                                       "balance": 1000}]))
@@ -296,5 +296,43 @@ def test_a_rotated_certificate_keeps_syncing(tmp_path):
                               "AND how = 'renew'")[0][0]
         assert renewed >= 1
         assert "renewal of" not in site.log(), "no renewal failed"
+    finally:
+        d.stop()
+
+
+def test_approval_at_the_primary(tmp_path):
+    """With `[enroll] approval = true` a site waits (exit 75, or `--wait`) until
+    `outpost site approve` runs at the primary; then it gets its certificate and syncs."""
+    d = Deployment(tmp_path, approval=True)
+    d.start()
+    try:
+        site = d.site("branch")
+        token = d.token("branch")
+        first = site.enroll(token)
+        assert first.returncode == 75 and '"pending"' in first.stderr, first
+        assert not site.cert_file.exists()
+        listed = outpost("site", "list", "--config", str(d.config))
+        assert json.loads(listed.stdout) == [
+            {"site": "branch", "certificates": [],
+             "request": {"status": "pending",
+                         "requested_at": json.loads(listed.stdout)[0]["request"]["requested_at"]}}]
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "enroll", "--config", str(site.config),
+             "--token", token["token"], "--ca-pin", token["ca_pin"], "--enroll-url",
+             f"https://127.0.0.1:{d.enroll_port}", "--wait", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            approved = outpost("site", "approve", "--config", str(d.config), "branch")
+            assert json.loads(approved.stdout) == {"site": "branch", "approved": 1}
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait()
+        assert waiting.returncode == 0, err
+        assert json.loads(out)["status"] == "enrolled" and site.cert_file.exists()
+        site.start()
+        wait_for(lambda: query(site.db, "SELECT username FROM users") == [("alice",)],
+                 "alice to reach the approved site")
     finally:
         d.stop()
