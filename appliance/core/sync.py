@@ -34,9 +34,11 @@ from appliance.storage.sync_store import (
     MODE_SINCE,
     NAME,
     PULL_TOKEN,
+    SNAPSHOT_NEXT,
     Change,
     IncomingEvent,
     LedgerEvent,
+    SnapshotCursor,
     SyncStore,
 )
 
@@ -264,9 +266,28 @@ class PrimarySync:
         rows, token, more = await self.store.changes_since(start, count)
         return {"changes": [c.to_wire() for c in rows], "token": str(token), "more": more}
 
-    async def snapshot(self) -> dict[str, Any]:
-        rows, token = await self.store.snapshot()
-        return {"changes": [c.to_wire() for c in rows], "token": str(token)}
+    async def snapshot(self, after: str | None = None,
+                       limit: str | int | None = None) -> dict[str, Any]:
+        """The whole snapshot in one answer, or (with `limit`, and `after` = the previous
+        page's `next`) one page of it: `next` is null on the last page."""
+        if after is None and limit is None:
+            rows, token = await self.store.snapshot()
+            return {"changes": [c.to_wire() for c in rows], "token": str(token)}
+        cursor = None
+        if after:
+            cursor = SnapshotCursor.parse(after)
+            if cursor is None:
+                raise SyncError(400, "bad_token", "after: a cursor this primary gave")
+        count = DEFAULT_PULL_LIMIT
+        if limit is not None:
+            if isinstance(limit, str) and not limit.isdigit():
+                raise SyncError(400, "bad_limit", "limit: a positive integer")
+            count = int(limit)
+            if not 1 <= count <= MAX_PULL_LIMIT:
+                raise SyncError(400, "bad_limit", f"limit: 1..{MAX_PULL_LIMIT}")
+        page, token, following = await self.store.snapshot_page(cursor, count)
+        return {"changes": [c.to_wire() for c in page], "token": str(token),
+                "next": None if following is None else str(following)}
 
     async def heartbeat(self, payload: Any, peer: str | None) -> dict[str, Any]:
         if not isinstance(payload, dict) or not isinstance(payload.get("site"), str):
@@ -318,7 +339,8 @@ class SyncClient(Protocol):
 
     async def push(self, batch: dict[str, Any]) -> dict[str, Any]: ...
     async def changes(self, since: str, limit: int) -> dict[str, Any]: ...
-    async def snapshot(self) -> dict[str, Any]: ...
+    async def snapshot(self, after: str | None = None,
+                       limit: int | None = None) -> dict[str, Any]: ...
     async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]: ...
     # and, for offline allowances: async def allowances(self, body) -> dict[str, Any]
 
@@ -524,17 +546,36 @@ class SiteSync:
             return False
         return True
 
+    async def _bootstrap(self) -> str:
+        """Read the primary's snapshot in pages of `pull_limit` rows, each applied in its
+        own transaction, so a big primary never needs one giant answer; a restart resumes
+        after the last page applied (`snapshot_next`). The pull token is set with the
+        last page: the first page's token, from which the stream then replays whatever
+        changed while the pages were read. A primary that does not page answers the
+        whole snapshot without `next`: one page."""
+        after = await self.store.state(SNAPSHOT_NEXT)
+        while True:
+            snap = await self.client.snapshot(after, self.pull_limit)
+            changes = _changes(snap.get("changes"))
+            token = str(parse_token(str(snap.get("token"))))
+            following: Any = snap.get("next")
+            if following is not None and (not isinstance(following, str)
+                                          or (following == after and not changes)):
+                raise SyncRefused(200, f"snapshot: next {following!r} after {after!r}")
+            await self.store.apply_changes(changes, int(token), self.name,
+                                           snapshot_next=following)
+            self.stats.pulled_changes += len(changes)
+            if following is None:
+                log.info("sync: bootstrapped from the primary's snapshot at token %s", token)
+                return token
+            after = following
+
     async def pull_all(self) -> bool:
         """Follow the stream to its head (bootstrapping from the snapshot the first time)."""
         try:
             token = await self.store.state(PULL_TOKEN)
             if token is None:
-                snap = await self.client.snapshot()
-                changes = _changes(snap.get("changes"))
-                token = str(parse_token(str(snap.get("token"))))
-                await self.store.apply_changes(changes, int(token), self.name)
-                self.stats.pulled_changes += len(changes)
-                log.info("sync: bootstrapped from the primary's snapshot at token %s", token)
+                token = await self._bootstrap()
             while True:
                 page = await self.client.changes(token, self.pull_limit)
                 changes = _changes(page.get("changes"))

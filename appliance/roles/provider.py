@@ -226,7 +226,8 @@ class ProviderRelay(PrimarySync):
     async def changes(self, since: str | None, limit: str | int | None) -> dict[str, Any]:
         raise SyncError(404, "not_found", "a site serves no change stream; pull from the primary")
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self, after: str | None = None,
+                       limit: str | int | None = None) -> dict[str, Any]:
         raise SyncError(404, "not_found", "a site serves no snapshot; pull from the primary")
 
 

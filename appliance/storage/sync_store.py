@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ PUSH_CHECKPOINT = "push_checkpoint"
 MODE = "mode"
 MODE_SINCE = "mode_since"
 REPLICATING = "replicating"
+SNAPSHOT_NEXT = "snapshot_next"
 
 
 def _now() -> float:
@@ -162,7 +163,7 @@ def outbox_size_sync(db: sqlite_utils.Database) -> int:
 
 
 def apply_changes_sync(db: sqlite_utils.Database, changes: Sequence[Change], token: int,
-                       me: str) -> int:
+                       me: str, snapshot_next: str | None = None) -> int:
     """Apply a page of the primary's stream and move the pull token, in one transaction.
 
     Ledger rows are deduplicated by their global id, so the site's own rows coming
@@ -193,7 +194,13 @@ def apply_changes_sync(db: sqlite_utils.Database, changes: Sequence[Change], tok
         elif change.kind == "identity":
             _apply_identity_change(db, body)
         # devices and cost policies: kept in `replica` only (see migration 0003)
-    set_state_sync(db, PULL_TOKEN, str(token))
+    if snapshot_next is None:
+        set_state_sync(db, PULL_TOKEN, str(token))
+        db.conn.execute("DELETE FROM sync_state WHERE key = ?", (SNAPSHOT_NEXT,))
+    else:
+        # A page of a paged snapshot: no pull token until the last page (a restart
+        # resumes the bootstrap from here, then follows the stream from its first token).
+        set_state_sync(db, SNAPSHOT_NEXT, snapshot_next)
     db.conn.execute("DELETE FROM sync_state WHERE key = ?", (REPLICATING,))
     return added
 
@@ -398,6 +405,104 @@ def latest_token_sync(db: sqlite_utils.Database) -> int:
     return int(row["t"])
 
 
+# The snapshot, table by table: (kind, query of the rows after a rowid, the change it makes).
+# Bodies have exactly the shapes the change-log triggers write (test_sync_pull checks).
+def _identity_key(r: Any) -> str:
+    return f"{r['username']}:{r['kind']}" + (f":{r['lookup']}" if r["kind"] == "card" else "")
+
+
+def _ledger_change(r: Any, name: str) -> tuple[str, dict[str, Any]]:
+    global_id = r["entry_id"] if r["origin"] is not None else f"{name}/{r['entry_id']}"
+    return global_id, {
+        "id": global_id, "origin": r["origin"] or name, "account": r["account"],
+        "account_kind": r["account_kind"], "amount": r["amount"], "kind": r["kind"],
+        "source": r["source"], "device": r["device"], "impressions": r["impressions"],
+        "colour": r["colour"], "body": json.loads(r["body"]),
+        # As json_object renders a REAL (15 digits, its own rounding), so that the
+        # snapshot and the trigger-written change log agree to the bit.
+        "created_at": json.loads(r["created_json"])["v"]}
+
+
+SNAPSHOT_SECTIONS: list[tuple[str, str, Callable[[Any, str], tuple[str, dict[str, Any]]]]] = [
+    ("account", "SELECT rowid AS _r, name, kind, overdraft_limit FROM accounts",
+     lambda r, _: (r["name"], {"name": r["name"], "kind": r["kind"],
+                               "overdraft_limit": r["overdraft_limit"]})),
+    ("user", "SELECT u.rowid AS _r, u.*, a.name AS account FROM users u "
+             "JOIN accounts a ON a.id = u.account_id",
+     lambda r, _: (r["username"], {
+         "username": r["username"], "full_name": r["full_name"], "email": r["email"],
+         "account": r["account"], "disabled": r["disabled"],
+         "directory_id": r["directory_id"]})),
+    ("identity", "SELECT i.rowid AS _r, i.*, u.username FROM identities i "
+                 "JOIN users u ON u.id = i.user_id",
+     lambda r, _: (_identity_key(r), {
+         "username": r["username"], "kind": r["kind"], "lookup": r["lookup"],
+         "verifier": r["verifier"], "deleted": False})),
+    ("device", "SELECT rowid AS _r, * FROM devices",
+     lambda r, _: (r["name"], {
+         "name": r["name"], "kind": r["kind"], "protocol": r["protocol"], "uri": r["uri"],
+         "colour": r["colour"], "duplex": r["duplex"], "cost_policy": r["cost_policy"],
+         "enabled": r["enabled"]})),
+    ("cost_policy", "SELECT rowid AS _r, name, body FROM cost_policies",
+     lambda r, _: (r["name"], {"name": r["name"], "policy": json.loads(r["body"])})),
+    ("ledger", "SELECT l.rowid AS _r, l.*, a.name AS account, a.kind AS account_kind, "
+               "json_object('v', l.created_at) AS created_json FROM ledger l "
+               "JOIN accounts a ON a.id = l.account_id", _ledger_change),
+]
+_ROWID = {"account": "rowid", "user": "u.rowid", "identity": "i.rowid", "device": "rowid",
+          "cost_policy": "rowid", "ledger": "l.rowid"}
+
+
+@dataclass(frozen=True)
+class SnapshotCursor:
+    """Where a paged snapshot stands: the stream token of its first page, the section
+    (index into SNAPSHOT_SECTIONS) and the last rowid sent. On the wire: 'T.S.R'."""
+
+    token: int
+    section: int = 0
+    rowid: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.token}.{self.section}.{self.rowid}"
+
+    @classmethod
+    def parse(cls, text: str) -> SnapshotCursor | None:
+        parts = text.split(".")
+        if len(parts) != 3 or not all(p.isdigit() and len(p) <= 19 for p in parts):
+            return None
+        token, section, rowid = (int(p) for p in parts)
+        return cls(token, section, rowid) if section <= len(SNAPSHOT_SECTIONS) else None
+
+
+def snapshot_page_sync(db: sqlite_utils.Database, after: SnapshotCursor | None,
+                       limit: int | None) -> tuple[list[Change], int, SnapshotCursor | None]:
+    """Up to `limit` rows of the snapshot after `after` (None: from the start), the token
+    of the snapshot's first page, and the cursor of the next page (None: that was all).
+
+    Pages are read in separate transactions, so rows may change between them; the site
+    follows the stream from the first page's token once it has every page, and the
+    stream replays every change made since (applying a change twice is harmless).
+    """
+    cursor = after or SnapshotCursor(latest_token_sync(db))
+    name = state_sync(db, NAME) or "primary"
+    out: list[Change] = []
+    section, rowid = cursor.section, cursor.rowid
+    while section < len(SNAPSHOT_SECTIONS):
+        kind, sql, make = SNAPSHOT_SECTIONS[section]
+        room = -1 if limit is None else limit - len(out)
+        if room == 0:
+            return out, cursor.token, SnapshotCursor(cursor.token, section, rowid)
+        rows = _q(db, f"{sql} WHERE {_ROWID[kind]} > ? ORDER BY {_ROWID[kind]} LIMIT ?",
+                  (rowid, room))
+        for r in rows:
+            key, body = make(r, name)
+            out.append(Change(cursor.token, kind, key, body))
+        if limit is not None and len(out) >= limit and rows:
+            return out, cursor.token, SnapshotCursor(cursor.token, section, rows[-1]["_r"])
+        section, rowid = section + 1, 0
+    return out, cursor.token, None
+
+
 def snapshot_sync(db: sqlite_utils.Database) -> tuple[list[Change], int]:
     """Every master-data row and ledger row, as changes, and the stream token they are at.
 
@@ -405,45 +510,8 @@ def snapshot_sync(db: sqlite_utils.Database) -> tuple[list[Change], int]:
     from the token misses nothing and sees nothing twice (ledger rows dedup anyway).
     Bodies have exactly the shapes the change-log triggers write.
     """
-    token = latest_token_sync(db)
-    name = state_sync(db, NAME) or "primary"
-    out: list[Change] = []
-    for r in _q(db, "SELECT name, kind, overdraft_limit FROM accounts ORDER BY id"):
-        out.append(Change(token, "account", r["name"], {
-            "name": r["name"], "kind": r["kind"], "overdraft_limit": r["overdraft_limit"]}))
-    for r in _q(db, "SELECT u.*, a.name AS account FROM users u "
-                    "JOIN accounts a ON a.id = u.account_id ORDER BY u.id"):
-        out.append(Change(token, "user", r["username"], {
-            "username": r["username"], "full_name": r["full_name"], "email": r["email"],
-            "account": r["account"], "disabled": r["disabled"],
-            "directory_id": r["directory_id"]}))
-    for r in _q(db, "SELECT i.*, u.username FROM identities i "
-                    "JOIN users u ON u.id = i.user_id ORDER BY i.id"):
-        key = f"{r['username']}:{r['kind']}" + (f":{r['lookup']}" if r["kind"] == "card" else "")
-        out.append(Change(token, "identity", key, {
-            "username": r["username"], "kind": r["kind"], "lookup": r["lookup"],
-            "verifier": r["verifier"], "deleted": False}))
-    for r in _q(db, "SELECT * FROM devices ORDER BY id"):
-        out.append(Change(token, "device", r["name"], {
-            "name": r["name"], "kind": r["kind"], "protocol": r["protocol"], "uri": r["uri"],
-            "colour": r["colour"], "duplex": r["duplex"], "cost_policy": r["cost_policy"],
-            "enabled": r["enabled"]}))
-    for r in _q(db, "SELECT name, body FROM cost_policies ORDER BY name"):
-        out.append(Change(token, "cost_policy", r["name"], {
-            "name": r["name"], "policy": json.loads(r["body"])}))
-    for r in _q(db, "SELECT l.*, a.name AS account, a.kind AS account_kind, "
-                    "json_object('v', l.created_at) AS created_json FROM ledger l "
-                    "JOIN accounts a ON a.id = l.account_id ORDER BY l.id"):
-        global_id = r["entry_id"] if r["origin"] is not None else f"{name}/{r['entry_id']}"
-        out.append(Change(token, "ledger", global_id, {
-            "id": global_id, "origin": r["origin"] or name, "account": r["account"],
-            "account_kind": r["account_kind"], "amount": r["amount"], "kind": r["kind"],
-            "source": r["source"], "device": r["device"], "impressions": r["impressions"],
-            "colour": r["colour"], "body": json.loads(r["body"]),
-            # As json_object renders a REAL (15 digits, its own rounding), so that the
-            # snapshot and the trigger-written change log agree to the bit.
-            "created_at": json.loads(r["created_json"])["v"]}))
-    return out, token
+    changes, token, _ = snapshot_page_sync(db, None, None)
+    return changes, token
 
 
 # ---------------------------------------------------------------- primary: heartbeats, reports
@@ -504,8 +572,10 @@ class SyncStore:
     async def outbox_size(self) -> int:
         return await self.database.run(outbox_size_sync)
 
-    async def apply_changes(self, changes: Sequence[Change], token: int, me: str) -> int:
-        return await self.database.run(lambda db: apply_changes_sync(db, changes, token, me))
+    async def apply_changes(self, changes: Sequence[Change], token: int, me: str,
+                            snapshot_next: str | None = None) -> int:
+        return await self.database.run(
+            lambda db: apply_changes_sync(db, changes, token, me, snapshot_next))
 
     async def apply_batch(self, site: str, batch_id: str, events: Sequence[IncomingEvent],
                           now: float) -> BatchOutcome:
@@ -517,6 +587,10 @@ class SyncStore:
 
     async def snapshot(self) -> tuple[list[Change], int]:
         return await self.database.run(snapshot_sync)
+
+    async def snapshot_page(self, after: SnapshotCursor | None, limit: int
+                            ) -> tuple[list[Change], int, SnapshotCursor | None]:
+        return await self.database.run(lambda db: snapshot_page_sync(db, after, limit))
 
     async def heartbeat(self, site: str, *, mode: str, outbox: int, pull_token: str | None,
                         outage: tuple[float, float] | None, now: float) -> int:

@@ -69,7 +69,7 @@ class SyncApi:
         if (method, name) == ("GET", "changes"):
             return _json(200, await self.primary.changes(args.get("since"), args.get("limit")))
         if (method, name) == ("GET", "snapshot"):
-            return _json(200, await self.primary.snapshot())
+            return _json(200, await self.primary.snapshot(args.get("after"), args.get("limit")))
         if (method, name) == ("POST", "allowances") and self.allowances is not None:
             if peer.kind != "site":
                 return _error(403, "not_a_site", f"{peer.uri} holds no offline allowances")

@@ -53,8 +53,11 @@ class HttpSyncClient:
         query = urlencode({"since": since, "limit": str(limit)})
         return await self._call("GET", f"/sync/v1/changes?{query}")
 
-    async def snapshot(self) -> dict[str, Any]:
-        return await self._call("GET", "/sync/v1/snapshot")
+    async def snapshot(self, after: str | None = None,
+                       limit: int | None = None) -> dict[str, Any]:
+        params = {k: str(v) for k, v in (("after", after), ("limit", limit)) if v is not None}
+        query = f"?{urlencode(params)}" if params else ""
+        return await self._call("GET", f"/sync/v1/snapshot{query}")
 
     async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/sync/v1/heartbeat", body)
