@@ -9,7 +9,8 @@ from the first seed it finds:
    stick, a second virtual disk, an ISO), which ``run-outpostseed.mount``
    mounts read-only at /run/outpostseed (so this code needs no mount rights).
    ``site.toml`` or ``primary.toml`` on it is checked and copied to
-   /etc/outpost/; files under ``tls/`` go to /etc/outpost/tls/;
+   /etc/outpost/; files under ``tls/`` go to /etc/outpost/tls/ (a primary's
+   ``ca.key``, for ``[enroll] ca_key_file``, mode 0600 and owned by the service);
    ``enroll.toml`` (primary URL, join token, CA pin) is kept for enrollment.
 2. The **kernel command line**: ``outpost.role=site|primary``,
    ``outpost.name=NAME``, and either ``outpost.config=<base64url TOML>`` (a
@@ -172,7 +173,7 @@ def install(seed: Seed, etc: Path, group: str | None = "outpost") -> list[Path]:
     etc.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def write(path: Path, data: bytes, mode: int) -> None:
+    def write(path: Path, data: bytes, mode: int, owner: str | None = None) -> None:
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "wb") as f:
@@ -180,13 +181,18 @@ def install(seed: Seed, etc: Path, group: str | None = "outpost") -> list[Path]:
             f.flush()
             os.fsync(f.fileno())
         if group is not None:
-            shutil.chown(tmp, group=group)
+            shutil.chown(tmp, user=owner, group=group)
         os.replace(tmp, path)
         written.append(path)
 
     for name, data in seed.tls_files.items():
         (etc / "tls").mkdir(exist_ok=True)
-        write(etc / "tls" / name, data, 0o640)
+        if name == "ca.key" and seed.role == "primary":
+            # A primary that enrolls sites signs with it ([enroll] ca_key_file): only the
+            # service may read it (it refuses a key with any group or other bits).
+            write(etc / "tls" / name, data, 0o600, owner=group)   # user outpost = group
+        else:
+            write(etc / "tls" / name, data, 0o640)
     if seed.enroll:
         body = "".join(f'{k} = "{v}"\n' for k, v in sorted(seed.enroll.items()))
         write(etc / "enroll.toml", body.encode(), 0o640)

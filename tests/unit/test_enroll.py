@@ -465,3 +465,27 @@ async def test_a_seeded_site_enrolls_at_its_first_start(tmp_path, capsys):
             lambda: enroll_before_serve(etc / "site.toml", config, wait=0)) == 75
     finally:
         await primary.stop()
+
+
+def test_a_seeded_primary_keeps_its_ca_key_private(tmp_path):
+    from appliance.roles.enroll_listen import load_ca
+    from appliance.seed import install, seed_from_directory
+
+    drive = tmp_path / "drive"
+    (drive / "tls").mkdir(parents=True)
+    ca = make_ca()
+    (drive / "tls" / "ca.crt").write_bytes(ca.cert_pem)
+    (drive / "tls" / "ca.key").write_bytes(ca.key_pem)
+    (drive / "primary.toml").write_text(
+        'role = "primary"\nname = "hq"\nstate_dir = "/var/lib/outpost"\n'
+        'secrets_dir = "/var/lib/outpost-secrets"\n'
+        '[sync]\nca_file = "/etc/outpost/tls/ca.crt"\ncert_file = "/etc/outpost/tls/hq.crt"\n'
+        'key_file = "/etc/outpost/tls/hq.key"\n'
+        '[enroll]\nca_key_file = "/etc/outpost/tls/ca.key"\n')
+    seed = seed_from_directory(drive)
+    assert seed is not None
+    install(seed, tmp_path / "etc", group=None)
+    tls = tmp_path / "etc" / "tls"
+    assert (tls / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert (tls / "ca.crt").stat().st_mode & 0o777 == 0o640
+    assert load_ca(tls / "ca.crt", tls / "ca.key").key_pem == ca.key_pem
