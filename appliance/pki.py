@@ -5,8 +5,8 @@ A certificate's identity is its SAN URI `outpost://<kind>/<name>` (kind: `site`,
 `primary`, later `provider`); the common name repeats the name for people reading
 logs. The primary trusts only its CA and reads the peer's identity from the
 verified certificate on every request, so a site cannot push in another's name.
-Enrollment by join token (issue 8) will call `issue` on the primary; for now the
-lab and the tests make the CA and the certificates.
+`outpost pki` makes the CA and hand-made certificates; a primary with `[enroll]`
+signs sites' certificates from their CSRs (`core/enrollment.py`, docs/wire/enroll.md).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
     outpost pki issue DIR --kind site --name branch-1
     outpost pki issue DIR --kind primary --name hq --host hq.example.org --host 10.0.0.5
 
-Until enrollment by join token exists (issue 8), an installer (or the lab) runs these
-on the primary and copies `ca.crt`, `<name>.crt` and `<name>.key` to each site.
+An installer (or the lab) runs these on the primary and copies `ca.crt`, `<name>.crt`
+and `<name>.key` to each site, or gives the primary `[enroll] ca_key_file = DIR/ca.key`
+and lets sites enroll by join token (`outpost token create`, docs/wire/enroll.md).
 """
 
 from __future__ import annotations
