@@ -334,7 +334,7 @@ class SiteAllowances:
     async def refresh(self) -> bool:
         from appliance.core.sync import SyncRefused, SyncUnavailable
 
-        used = await self.store.supersede()
+        used, superseded = await self.store.supersede()
         sent_at = self.wall_clock()
         body = {"site": self.name, "request_id": f"{self.name}:{sent_at!r}", "used": used}
         self.requests += 1
@@ -348,7 +348,7 @@ class SiteAllowances:
             self._next = self.clock.seconds() + (
                 self.refresh_after if isinstance(exc, SyncRefused) else 0.0)
             return False
-        await self.store.store_answer(answer, [u["grant"] for u in used], sent_at)
+        await self.store.store_answer(answer, superseded, sent_at)
         self.refresh_after = answer.refresh
         self._next = self.clock.seconds() + answer.refresh
         return True

@@ -26,6 +26,7 @@ from .store import _one, _q, ensure_account_sync
 
 OFFLINE_POLICY = "offline_policy"          # sync_state key at a site: JSON, absent = off
 OFFLINE_REFRESHED = "offline_refreshed_at"  # sync_state key at a site: site clock
+GRANT_SEQ = "offline_grant_seq"             # sync_state key at the primary: last grant number
 
 
 # ---------------------------------------------------------------- site: state and tagging
@@ -108,19 +109,21 @@ def unknown_user_account_sync(db: sqlite_utils.Database) -> tuple[bool, int | No
 # ---------------------------------------------------------------- site: requests and answers
 
 
-def supersede_sync(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+def supersede_sync(db: sqlite_utils.Database) -> tuple[list[dict[str, Any]], list[str]]:
     """Before a request goes out: the active grants stop authorising (an answer that never
     comes must not leave the site with grants the primary released). Returns the usage
-    report of every superseded grant."""
+    report (superseded grants with charges) and every superseded grant id."""
     db.conn.execute("UPDATE offline_grants SET state = 'superseded' WHERE state = 'active'")
+    superseded = [str(r[0]) for r in db.conn.execute(
+        "SELECT grant_id FROM offline_grants WHERE state = 'superseded'").fetchall()]
     used = []
-    for r in _q(db, "SELECT g.grant_id, g.account, COALESCE(SUM(c.amount), 0) AS spent, "
-                    "COALESCE(SUM(c.over), 0) AS over, COUNT(c.entry_id) AS charges "
-                    "FROM offline_grants g LEFT JOIN offline_charges c ON c.grant_id = g.grant_id "
+    for r in _q(db, "SELECT g.grant_id, g.account, SUM(c.amount) AS spent, "
+                    "SUM(c.over) AS over, COUNT(*) AS charges "
+                    "FROM offline_grants g JOIN offline_charges c ON c.grant_id = g.grant_id "
                     "WHERE g.state = 'superseded' GROUP BY g.grant_id ORDER BY g.grant_id"):
         used.append({"grant": r["grant_id"], "account": r["account"], "spent": int(r["spent"]),
                      "over": int(r["over"]), "charges": int(r["charges"])})
-    return used
+    return used, superseded
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,9 @@ class GrantAnswer:
 
 def store_answer_sync(db: sqlite_utils.Database, answer: GrantAnswer, reported: Sequence[str],
                       sent_at: float) -> None:
-    """The primary answered: forget the reported grants, hold the new ones. Expiry is
-    counted from when the request was sent, by the site's clock (never later than the
-    primary's own expiry of the reservation, clock drift aside)."""
+    """The primary answered: forget the superseded grants (their usage was reported), hold
+    the new ones. Expiry is counted from when the request was sent, by the site's clock
+    (never later than the primary's own expiry of the reservation, clock drift aside)."""
     for grant_id in reported:
         db.conn.execute("DELETE FROM offline_grants WHERE grant_id = ? AND state = 'superseded'",
                         (grant_id,))
@@ -171,6 +174,11 @@ def grant_sync(db: sqlite_utils.Database, site: str, policy: SitePolicy | None,
             (u["spent"], u["over"], u["charges"], now, u["grant"], site))
     db.conn.execute("UPDATE offline_reservations SET released_at = ? "
                     "WHERE site = ? AND released_at IS NULL", (now, site))
+    # Released grants nothing was charged under are forgotten (a site reports every grant
+    # it charged under, in this request or, after a lost answer, the next one): the table
+    # keeps the active reservations and the history of the used ones.
+    db.conn.execute("DELETE FROM offline_reservations WHERE site = ? "
+                    "AND released_at IS NOT NULL AND spent IS NULL", (site,))
     if policy is None:
         return []
     others = {r[0]: int(r[1]) for r in db.conn.execute(
@@ -181,9 +189,9 @@ def grant_sync(db: sqlite_utils.Database, site: str, policy: SitePolicy | None,
                       " WHERE l.account_id = a.id) AS balance "
                       "FROM users u JOIN accounts a ON a.id = u.account_id "
                       "WHERE u.disabled = 0 ORDER BY a.id")
-    row = _one(db, "SELECT COALESCE(MAX(rowid), 0) AS n FROM offline_reservations")
-    assert row is not None
-    n = int(row["n"])
+    # Grant ids are never reused (rows of unused grants are deleted): a counter of its own.
+    row = _one(db, "SELECT value FROM sync_state WHERE key = ?", (GRANT_SEQ,))
+    n = int(row["value"]) if row is not None else 0
     grants = []
     for a in accounts:
         amount = grant_amount(policy, balance=int(a["balance"]),
@@ -196,6 +204,8 @@ def grant_sync(db: sqlite_utils.Database, site: str, policy: SitePolicy | None,
             "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
             (grant_id, site, a["name"], amount, now, now + validity))
         grants.append((grant_id, str(a["name"]), amount))
+    db.conn.execute("INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value = excluded.value", (GRANT_SEQ, str(n)))
     return grants
 
 
@@ -225,7 +235,7 @@ class AllowanceStore:
     async def unknown_user_account(self) -> tuple[bool, int | None]:
         return await self.database.run(unknown_user_account_sync)
 
-    async def supersede(self) -> list[dict[str, Any]]:
+    async def supersede(self) -> tuple[list[dict[str, Any]], list[str]]:
         return await self.database.run(supersede_sync)
 
     async def store_answer(self, answer: GrantAnswer, reported: Sequence[str],
