@@ -472,3 +472,89 @@ async def test_a_site_bootstraps_in_pages_and_resumes_a_cut_bootstrap(tmp_path, 
         assert outbox(site) == [], "nothing the site received is pushed back"
     finally:
         close(site)
+
+
+# ---------------------------------------------------------------- end to end, over the panel API
+
+
+def _site_config(folder, name):
+    """Two sites of one deployment: their own state, the deployment's card HMAC key."""
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nstate_dir = "{folder / name}"\nsecrets_dir = "{folder / "keys"}"\n'
+        "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 8192\n"
+        '[[devices]]\nname = "mfd-1"\nuri = "ipp://127.0.0.1:9/ipp/print"\n')
+    return path
+
+
+async def _panel(site, method, path, body=None, token=None):
+    import io
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([path.encode()])
+    request.method = method
+    request.content = io.BytesIO(json.dumps(body).encode() if body is not None else b"")
+    request.requestHeaders.addRawHeader(b"x-outpost-device", b"mfd-1")
+    if token is not None:
+        request.requestHeaders.addRawHeader(b"authorization", f"Bearer {token}".encode())
+    finished = request.notifyFinish()
+    site.device_api.render(request)
+    if not request.finished:
+        await finished
+    return request.responseCode or 200, json.loads(b"".join(request.written))
+
+
+def _uplink(site, primary):
+    """The site's real SiteSync, its wire looped back to the in-process primary."""
+    from twisted.internet import task
+
+    from appliance.core.mode import LinkMode
+    from appliance.core.sync import SiteSync
+    from appliance.pki import Identity
+    from appliance.protocols.http.sync_client import HttpSyncClient, LoopbackTransport
+    from appliance.storage.sync_store import SyncStore
+
+    clock = task.Clock()
+    return SiteSync(name=site.config.name, store=SyncStore(site.database),
+                    client=HttpSyncClient(LoopbackTransport(
+                        primary.api, Identity("site", site.config.name))),
+                    mode=LinkMode(offline_after_misses=3, online_after_successes=1,
+                                  clock=clock.seconds),
+                    clock=clock, heartbeat_interval=5.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_card_linked_on_a_panel_at_site_a_opens_a_session_at_site_b(tmp_path, primary):
+    """POST /api/v1/cards in a password session at site A; the card reaches the primary in
+    A's outbox and site B through the change stream: B's panel logs her in by card."""
+    from twisted.internet import reactor
+
+    from appliance.app import build_site
+    from appliance.config import load
+    from appliance.serve_cli import import_users
+
+    config_a, config_b = _site_config(tmp_path, "site-a"), _site_config(tmp_path, "site-b")
+    import_users(config_a, [{"username": "alice", "password": "pw-alice", "balance": 500}])
+    site_a, site_b = build_site(load(config_a), reactor), build_site(load(config_b), reactor)
+    try:
+        sync_a, sync_b = _uplink(site_a, primary), _uplink(site_b, primary)
+        assert await sync_a.push_all() and await sync_b.pull_all()
+        code, session = await _panel(site_a, b"POST", "sessions",
+                                     {"username": "alice", "password": "pw-alice"})
+        assert code == 201, session
+        code, linked = await _panel(site_a, b"POST", "cards", {"card": "777888999"},
+                                    session["session"])
+        assert code == 201 and linked["linked"], linked
+        code, refused = await _panel(site_b, b"POST", "sessions", {"card": "777888999"})
+        assert code == 401, f"site B does not know the card yet: {refused}"
+
+        assert await sync_a.push_all() and await sync_b.pull_all()
+        code, opened = await _panel(site_b, b"POST", "sessions", {"card": "777888999"})
+        assert code == 201 and opened["user"]["username"] == "alice"
+        assert opened["balance"] == 500, "her balance came with her (the ledger, replicated)"
+        sent = json.dumps(rows(primary, "SELECT body FROM sync_events"))
+        assert "777888999" not in sent, "the card number never left site A"
+    finally:
+        site_a.database.close()
+        site_b.database.close()
