@@ -4,7 +4,8 @@
 The events are real: a site database's triggers wrote them (ledger charges, a job log,
 page-counter checks, a user and cards made at the site). Hypothesis (derandomized, a
 bounded number of examples) draws sequences of requests: slices of the outbox sent in any
-order, replays of earlier requests, forged bodies under an applied id, and requests the
+order, replays of earlier requests, forged bodies under an applied id, the primary failing in
+the middle of a batch or after its commit (the answer lost), and requests the
 primary must refuse whole (an event twice in one batch, seqs out of order, a body cut
 anywhere, a batch in another site's name). A model of what the primary has applied
 predicts every answer; after each refused request the primary's database dump is
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task
 from twisted.python.failure import Failure
 
+from appliance import failpoints
 from appliance.core.sync import PrimarySync, canonical, digest
 from appliance.pki import Identity
 from appliance.protocols.http.sync_api import SyncApi
@@ -130,6 +132,8 @@ OPS = st.one_of(
     st.tuples(st.just("twice"), starts, st.integers(2, 25), st.integers(0, 10_000)),
     st.tuples(st.just("reorder"), starts, st.integers(2, 25), st.integers(0, 10_000)),
     st.tuples(st.just("truncate"), starts, sizes, st.floats(0.0, 0.999)),
+    st.tuples(st.just("crash"), starts, sizes,
+              st.sampled_from(["primary.batch.mid_apply", "primary.batch.applied"])),
     st.tuples(st.just("other_site"), starts, sizes,
               st.sampled_from(["claims-b", "cert-b", "ids-of-a", "not-a-site", "no-cert"])),
 )
@@ -240,6 +244,23 @@ def _run(primary: Any, model: Model, op: tuple[Any, ...]) -> None:
     elif kind == "truncate":
         raw = json.dumps({"site": SITE, "batch_id": "b", "events": _slice(op[1], op[2])}).encode()
         _refused(primary, raw[:int(len(raw) * op[3])], site_a, 400)
+    elif kind == "crash":
+        # The primary fails in the middle of the batch's transaction (rolled back: nothing
+        # changed), or after its commit and before the answer (applied, the answer lost).
+        events = _slice(op[1], op[2])
+        payload = {"site": SITE, "batch_id": f"crash-{len(model.sent)}", "events": events}
+        before = _dump(primary)
+        failpoints.arm(f"{op[3]}=raise")
+        try:
+            status, answer = _call(primary, payload, site_a)
+        finally:
+            failpoints.arm("")
+        assert status == 500 and answer["error"]["code"] == "internal_error"
+        if op[3] == "primary.batch.mid_apply":
+            assert _dump(primary) == before, "a batch that failed midway changed the primary"
+        else:
+            model.expect(events)
+            model.sent.append(events)
     elif kind == "other_site":
         events = _slice(op[1], op[2])
         how = op[3]
