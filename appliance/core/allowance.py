@@ -163,27 +163,42 @@ class OfflineGate:
     def __init__(self, store: Any, offline: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.offline = offline
+        #: Offline releases allowed and not yet charged, per account id (see `check`).
+        self._held: dict[int, int] = {}
         #: Refusals by policy since start (the site's own count; panels count theirs).
         self.denied = 0
 
     def _online(self) -> bool:
         return self.offline is None or not self.offline()
 
-    async def check(self, account_id: int, cost: int) -> Verdict | None:
+    async def check(self, account_id: int, cost: int, hold: bool = False) -> Verdict | None:
+        """Offline, may `cost` be spent now? With `hold`, an allowed cost is held until
+        `release_hold` (the caller charges it meanwhile): concurrent releases of one user
+        at two MFDs are then checked against what is left after each other."""
         if self._online():
             return None
         state = await self.store.position(account_id)
         if state is None:
             return None
         policy, position = state
-        if authorised(position, policy, cost):
+        held = self._held.get(account_id, 0)   # read after the await: no interleaving
+        if authorised(position, policy, cost + held):
+            if hold:
+                self._held[account_id] = held + cost
             return Verdict(True)
         self.denied += 1
         message = (f"offline: costs {cost}, the offline allowance left is "
-                   f"{position.headroom(policy)}")
+                   f"{max(0, position.headroom(policy) - held)}")
         log.info("offline: refused %s for account %d: %s", OFFLINE_ALLOWANCE_EXHAUSTED,
                  account_id, message)
         return Verdict(False, OFFLINE_ALLOWANCE_EXHAUSTED, message)
+
+    def release_hold(self, account_id: int, amount: int) -> None:
+        left = self._held.get(account_id, 0) - amount
+        if left > 0:
+            self._held[account_id] = left
+        else:
+            self._held.pop(account_id, None)
 
     async def units(self, account_id: int, per_unit: int, wanted: int) -> Verdict | None:
         if self._online():
@@ -192,7 +207,10 @@ class OfflineGate:
         if state is None:
             return None
         policy, position = state
-        fit = affordable_units(position, policy, per_unit, wanted)
+        held = self._held.get(account_id, 0)
+        fit = affordable_units(position, policy, per_unit, wanted) if not held else (
+            wanted if per_unit <= 0 else
+            max(0, min(wanted, (position.headroom(policy) - held) // per_unit)))
         if fit == wanted:
             return Verdict(True, max_units=fit)
         self.denied += 1

@@ -176,10 +176,19 @@ class ReleaseService:
         quote = self.jobs.quote(job, device.name)
         offline = None
         if self.offline_gate is not None and account_id is not None and quote.cost > 0:
-            offline = await self.offline_gate.check(account_id, quote.cost)
+            offline = await self.offline_gate.check(account_id, quote.cost, hold=True)
             if offline is not None and not offline.allowed:
                 await self._hold_refused(job, offline.message)
                 return JobResult(job.id, False, offline.code, offline.message)
+        # An allowed offline release holds its cost in the gate until its outcome is known,
+        # so that a second release of the same user meanwhile sees it (concurrent MFDs).
+        held = quote.cost if offline is not None else 0
+
+        def settle(result: Any = None) -> Any:
+            if held and account_id is not None:
+                self.offline_gate.release_hold(account_id, held)
+            return result
+
         if offline is None and check_balance and account_id is not None and quote.cost > 0:
             balance, overdraft = await self.store.balance(account_id)
             if affordable(balance, overdraft, quote.cost, 1) < 1:
@@ -191,6 +200,7 @@ class ReleaseService:
             processing_at=self.clock(), state_message=f"sending to {device.name}",
         )
         if taken is None:
+            settle()
             return JobResult(job.id, False, "not_found", f"job {job.id} is no longer held")
         job = taken
         assert job.spool_name is not None
@@ -200,11 +210,13 @@ class ReleaseService:
         try:
             handle = await driver.submit(device, job, self.jobs.spool.path(job.spool_name))
         except DeviceUnavailable as exc:
+            settle()
             self._watch_end(device, job, None)
             await self._back_to_queue(job, f"{device.name}: {exc}")
             return JobResult(job.id, False, "device_unavailable", str(exc))
         await self.store.update_job(job.id, remote_job_uri=handle)
         following = defer.ensureDeferred(self._follow(job, device, handle, account_id, policy))
+        following.addBoth(settle)   # charged (or not) by now: the ledger counts it
         self._following[job.id] = following
 
         def forget(result: Any) -> Any:

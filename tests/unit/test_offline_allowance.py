@@ -319,6 +319,22 @@ async def test_offline_releases_are_authorised_against_the_grant(site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_concurrent_offline_releases_of_one_user_share_one_headroom(site):
+    """Two MFDs release two 30-jobs of alice at once with 50 left: the first allowed
+    release holds its cost until it is charged, so the other is refused — without the
+    hold both would pass the check before either was charged."""
+    site.go_offline(OfflinePolicy("deny"), 50)
+    first, second = await hold(site), await hold(site)
+    reports = await defer.gatherResults([defer.ensureDeferred(site.release.release(
+        owner="alice", account_id=site.user.account_id, device_name="mfd-1",
+        job_ids=[job.id])) for job in (first, second)])
+    codes = sorted(r.results[0].code for r in reports)
+    assert codes == ["", OFFLINE_ALLOWANCE_EXHAUSTED]
+    assert ledger(site) == [(-30, {"grant": "site-a/1", "over": 0})]
+    assert site.gate._held == {}, "every hold was released once its job was charged"
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_overdraft_policy_allows_past_the_grant_and_reports_it(site):
     site.go_offline(OfflinePolicy("overdraft", 20), 50)
     jobs = [await hold(site) for _ in range(3)]
