@@ -47,6 +47,9 @@ class RecordingDriver:
     def kill(self, daemon: str, delay: float = 0.0) -> None:
         self.log.append(("kill", daemon, delay))
 
+    def wait_grants(self, after: float) -> None:
+        self.log.append(("wait-grants", self.next_step))
+
     def promote(self, provider: str) -> None:
         self.log.append(("promote", provider, self.next_step))
 
