@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -323,27 +324,24 @@ def remaining_fraction(cert: x509.Certificate, now: float) -> float:
     return max(0.0, end - now) / max(1.0, end - start)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write `path` atomically with mode 0600 (a temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` atomically (a temporary file of `mode`, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    _write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_atomic(path, data, 0o644)
 
 
 def check_issued(cert_pem: str, ca_pem: bytes, name: str, public_key: Any) -> x509.Certificate:
@@ -404,8 +402,6 @@ class Renewer:
         return True
 
     async def _renew(self) -> None:
-        import json
-
         key = new_key()
         body = json.dumps({"csr": make_csr(key, self.name).decode()}).encode()
         status, payload = await self.post("/enroll/v1/renew", body)

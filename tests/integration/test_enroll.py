@@ -10,13 +10,9 @@ certificates live seconds keeps renewing them, without restarting, and keeps syn
 from __future__ import annotations
 
 import json
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,8 @@ from cryptography import x509
 
 from appliance.pki import issue, make_ca
 from simulators.lab.lab import free_port
+from tests.integration import sync_procs
+from tests.integration.sync_procs import api, query, serve, stop
 
 pytestmark = pytest.mark.integration
 
@@ -36,54 +34,8 @@ def outpost(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
 def wait_for(check, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def api(port: int, path: str, body: dict, token: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/v1/{path}", data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "x-outpost-device": "mfd-1",
-                 **({"authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    sync_procs.wait_for(check, what, timeout)
 
 
 class Deployment:

@@ -25,19 +25,12 @@ from urllib.parse import urlsplit
 
 from appliance.core.enrollment import EnrollError, PrimaryEnrollment
 from appliance.pki import Identity
+from appliance.protocols.http.sync_api import _error, _json
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/enroll/v1/"
 MAX_BODY = 64 * 1024
-
-
-def _json(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
-    return status, json.dumps(body, separators=(",", ":")).encode()
-
-
-def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
-    return _json(status, {"error": {"code": code, "message": message}})
 
 
 class EnrollApi:
