@@ -432,10 +432,13 @@ def recover_pending(cert_file: Path, key_file: Path) -> None:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (OSError, ValueError):
         return
-    if spki_digest(cert.public_key()) == spki_digest(key.public_key()):
-        os.replace(pending, cert_file)
-    else:
-        pending.unlink()
+    try:
+        if spki_digest(cert.public_key()) == spki_digest(key.public_key()):
+            os.replace(pending, cert_file)
+        else:
+            pending.unlink()
+    except OSError as exc:   # never keep the site from starting over this
+        log.error("could not finish the interrupted renewal of %s: %s", cert_file, exc)
 
 
 @dataclass(frozen=True)
