@@ -1,5 +1,6 @@
-"""`outpost lab up --sites N`: a primary and N sites as processes, every uplink through
-the WAN simulator; endpoints.json's shape; restarts; a cut link takes a site offline."""
+"""`outpost lab up --sites N --providers P`: a primary, N sites and P providers as
+processes, every uplink through the WAN simulator; endpoints.json's shape; restarts; a
+cut link takes a site offline."""
 
 from __future__ import annotations
 
@@ -37,17 +38,21 @@ def wan(api: str, method: str, path: str, body: dict | None = None) -> object:
 
 
 def test_primary_two_sites_through_the_wan(tmp_path):
-    with running_lab(tmp_path / "lab", sites=2, profile="fast") as lab:
+    with running_lab(tmp_path / "lab", sites=2, providers=1, profile="fast") as lab:
         data = lab.endpoints
         assert set(data["primary"]) >= {"pid", "sync", "ipp", "device_api"}
         assert data["primary"]["sync"].startswith("https://127.0.0.1:")
         assert [s["name"] for s in data["sites"]] == ["site-1", "site-2"]
         assert data["site"] == data["sites"][0]
-        assert data["providers"] == []
-        assert data["wan"]["links"] == {"site-1": "wan-site-1", "site-2": "wan-site-2"}
+        (provider,) = data["providers"]
+        assert set(provider) >= {"name", "pid", "site", "ipp"}
+        assert (provider["name"], provider["site"]) == ("provider-1", "site-1")
+        assert provider["ipp"].endswith("/printers/findme")
+        assert data["wan"]["links"] == {"site-1": "wan-site-1", "site-2": "wan-site-2",
+                                        "provider-1": "wan-provider-1"}
         proxies = wan(data["wan"]["api"], "GET", "/proxies")
-        assert isinstance(proxies, dict) and set(proxies) == {"wan-site-1", "wan-site-2"}
-        for site in data["sites"]:
+        assert isinstance(proxies, dict) and set(proxies) == set(data["wan"]["links"].values())
+        for site in [*data["sites"], provider]:
             config = Path(site["config"]).read_text()
             assert proxies[data["wan"]["links"][site["name"]]]["listen"] in config
         primary_db = Path(data["primary"]["state_dir"]) / "outpost.sqlite3"
