@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,20 @@ from appliance.core.enrollment import (
     ca_pin,
     check_csr,
     enroll_site,
+    key_pem,
     make_csr,
     new_key,
     new_token,
     parse_duration,
+    pem,
     pin_matches,
     recover_pending,
     secret_digest,
+    sign,
 )
+from appliance.core.sync import SyncRefused, SyncUnavailable
 from appliance.enroll_cli import enroll
-from appliance.pki import Identity, identity_of, issue, make_ca
+from appliance.pki import Identity, Pair, identity_of, issue, make_ca
 from appliance.protocols.http.enroll_api import EnrollApi, SyncWithEnrollment
 from appliance.protocols.http.sync_client import HttpsTransport, HttpSyncClient
 from appliance.roles.primary import build_primary
@@ -399,9 +404,22 @@ async def test_enroll_sync_renew_and_revoke_over_tls(tmp_path, capsys):
         assert after != before
         assert (await client.heartbeat(beat))["ok"] is True   # the new one syncs
 
+        # A certificate of our CA for our name that has expired fails the handshake.
+        ca = Pair((files["pki"] / "ca.crt").read_bytes(), (files["pki"] / "ca.key").read_bytes())
+        old_key = new_key()
+        stale = tmp_path / "stale"
+        stale.mkdir()
+        (stale / "b.crt").write_text(pem(sign(ca, old_key.public_key(), "branch-1", 60,
+                                              time.time() - 3600)))
+        (stale / "b.key").write_bytes(key_pem(old_key))
+        expired = HttpSyncClient(HttpsTransport.from_files(
+            reactor, link.url, ca_file=link.ca_file, cert_file=stale / "b.crt",
+            key_file=stale / "b.key", timeout=5))
+        with pytest.raises(SyncUnavailable):
+            await expired.heartbeat(beat)
+
         capsys.readouterr()
         assert main(["site", "revoke", "--config", str(files["primary"]), "branch-1"]) == 0
-        from appliance.core.sync import SyncRefused
         with pytest.raises(SyncRefused) as refused:
             await client.heartbeat(beat)
         assert (refused.value.status, refused.value.body["error"]["code"]) == (403, "revoked")
