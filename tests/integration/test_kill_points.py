@@ -94,6 +94,9 @@ class Pair:
         self.proc: dict[str, subprocess.Popen[bytes] | None] = {"site": None, "primary": None}
         self.restarts = Counter[str]()
         self.token: str | None = None
+        #: Charges the site committed but never answered (killed in between), recognised
+        #: when the panel's retry is answered `duplicate: true`.
+        self.committed_unanswered: list[str] = []
 
     def start(self, role: str, failpoints: str = "") -> None:
         old = self.proc[role]
@@ -142,6 +145,8 @@ class Pair:
             self.token = None
             return False
         assert status == 200, (status, body)
+        if body["duplicate"]:
+            self.committed_unanswered.append(usage_id)
         return True
 
     def stop_all(self) -> None:
@@ -230,8 +235,9 @@ def test_kill_9_at_40_seeded_failpoints_loses_and_doubles_nothing(tmp_path):
             assert hit == planned, f"{role}: hits {dict(hit)} != planned {dict(planned)} {where}"
             assert set(hit) == set(table), where
         assert len(acked) >= POINTS_PER_PROCESS, f"only {len(acked)} charges {where}"
-        print(f"seed {seed}: {len(acked)} acknowledged charges, restarts "
-              f"{dict(pair.restarts)}, duplicates at the primary "
+        print(f"seed {seed}: {len(acked)} acknowledged charges "
+              f"({len(pair.committed_unanswered)} committed, killed before the answer, "
+              f"answered on the retry), restarts {dict(pair.restarts)}, duplicates at the primary "
               f"{query(d['hq_db'], 'SELECT SUM(duplicates) FROM sync_sites')[0][0]}")
     finally:
         pair.stop_all()
