@@ -30,6 +30,7 @@ from appliance import failpoints
 from appliance.core.mode import LinkMode, Mode, Transition
 from appliance.core.sync_events import CHECKERS
 from appliance.storage.sync_store import (
+    HELD,
     MODE,
     MODE_SINCE,
     NAME,
@@ -38,6 +39,7 @@ from appliance.storage.sync_store import (
     Change,
     IncomingEvent,
     LedgerEvent,
+    Peer,
     SnapshotCursor,
     SyncStore,
 )
@@ -189,6 +191,18 @@ def _relay_event(seq: int, event_id: str, site: str, body: dict[str, Any], text:
     return replace(event, origin=origin)
 
 
+def reparse_held(row: dict[str, Any]) -> IncomingEvent:
+    """A relay event the primary held (its origin was not a known provider yet), rebuilt
+    from its quarantine row (the inner event's id, kind and body; the relaying site, the
+    relay's seq) and checked again as `parse_batch` checked it."""
+    inner_id = str(row["event_id"])
+    origin = inner_id.split("/", 1)[0]
+    body = {"origin": origin, "event_id": inner_id, "kind": row["kind"],
+            "body": json.loads(row["body"])}
+    return _relay_event(int(row["seq"]), f"{row['site']}/{RELAY}:{inner_id}", str(row["site"]),
+                        body, canonical(body), set())
+
+
 def _ledger_event(body: dict[str, Any], entry_id: str) -> tuple[LedgerEvent | None, str | None]:
     problems = []
     if body.get("entry_id") != entry_id:
@@ -240,19 +254,42 @@ class PrimarySync:
     def __init__(self, *, store: SyncStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        self._seen: set[tuple[str, str]] = set()
 
-    async def receive_batch(self, payload: Any, peer: str | None) -> dict[str, Any]:
+    def _peer(self, name: str, kind: str | None) -> Peer | None:
+        """What the store records of the pusher (its certificate kind; a provider seen for
+        the first time gets the relay events held for it applied, docs/providers.md), or
+        None once recorded by this process."""
+        if kind is None or (name, kind) in self._seen:
+            return None
+        return Peer(kind, reparse_held)
+
+    async def receive_batch(self, payload: Any, peer: str | None,
+                            kind: str | None = None) -> dict[str, Any]:
+        """Apply a pushed batch; `kind` is the pusher's certificate kind (site, provider)."""
         batch = parse_batch(payload, peer)
-        outcome = await self.store.apply_batch(batch.site, batch.batch_id, batch.events,
-                                               self.clock())
+        events = batch.events
+        if kind is not None and kind != "site":
+            # Only a site relays (a provider's own outbox holds no relay events).
+            events = [e if e.origin is None else replace(
+                e, invalid=f"invalid relay event: a {kind} certificate may not relay")
+                for e in events]
+        outcome = await self.store.apply_batch(batch.site, batch.batch_id, events,
+                                               self.clock(), self._peer(batch.site, kind))
+        self._saw(batch.site, kind)
         failpoints.hit("primary.batch.applied")
         if outcome.gap_after is not None:
             log.warning("sync: %s's batch %s starts at seq %d, past its checkpoint %d",
                         batch.site, batch.batch_id, batch.events[0].seq, outcome.gap_after)
         for q in outcome.quarantined:
-            log.error("sync: quarantined %s from %s: %s", q["event_id"], batch.site, q["reason"])
+            log.log(logging.WARNING if q["reason"].startswith(HELD) else logging.ERROR,
+                    "sync: quarantined %s from %s: %s", q["event_id"], batch.site, q["reason"])
         return {"checkpoint": outcome.checkpoint, "applied": outcome.applied,
                 "duplicates": outcome.duplicates, "quarantined": outcome.quarantined}
+
+    def _saw(self, name: str, kind: str | None) -> None:
+        if kind is not None:
+            self._seen.add((name, kind))
 
     async def changes(self, since: str | None, limit: str | int | None) -> dict[str, Any]:
         start = parse_token(since)
@@ -289,7 +326,8 @@ class PrimarySync:
         return {"changes": [c.to_wire() for c in page], "token": str(token),
                 "next": None if following is None else str(following)}
 
-    async def heartbeat(self, payload: Any, peer: str | None) -> dict[str, Any]:
+    async def heartbeat(self, payload: Any, peer: str | None,
+                        kind: str | None = None) -> dict[str, Any]:
         if not isinstance(payload, dict) or not isinstance(payload.get("site"), str):
             raise SyncError(400, "malformed", "a JSON object with site is required")
         if peer is None:
@@ -314,7 +352,8 @@ class PrimarySync:
             period = (float(outage["started_at"]), float(outage["ended_at"]))
         now = self.clock()
         head = await self.store.heartbeat(peer, mode=mode, outbox=outbox, pull_token=pull_token,
-                                          outage=period, now=now)
+                                          outage=period, now=now, peer=self._peer(peer, kind))
+        self._saw(peer, kind)
         return {"ok": True, "token": str(head), "time": now}
 
 

@@ -212,7 +212,8 @@ class ProviderRelay(PrimarySync):
         super().__init__(store=store, clock=clock)
         self.site = site
 
-    async def receive_batch(self, payload: Any, peer: str | None) -> dict[str, Any]:
+    async def receive_batch(self, payload: Any, peer: str | None,
+                            kind: str | None = None) -> dict[str, Any]:
         batch = parse_batch(payload, peer)
         now = self.clock()
         outcome = await self.store.database.run(lambda db: accept_provider_batch_sync(

@@ -108,6 +108,7 @@ class BatchOutcome:
     duplicates: int = 0
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     gap_after: int | None = None   # the batch started past checkpoint + 1
+    released: int = 0              # held relay events applied (the pusher's first contact)
 
 
 # ---------------------------------------------------------------- state
@@ -282,6 +283,11 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
                                   "WHERE event_id IN ({})", ids))
     in_ledger = {row[0] for row in _in_chunks(db, "SELECT entry_id, 1 FROM ledger "
                                                   "WHERE entry_id IN ({})", ids)}
+    origins = sorted({e.origin for e in events if e.origin is not None})
+    kinds: dict[str, set[str]] = {}
+    for name, kind in _in_chunks(db, "SELECT name, kind FROM peer_kinds WHERE name IN ({})",
+                                 origins):
+        kinds.setdefault(name, set()).add(kind)
     accounts: dict[tuple[str, str], int] = {}
     middle = len(events) // 2
     for index, event in enumerate(events):
@@ -296,6 +302,8 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
             reason = f"event id already applied with another body (applied sha256 {known})"
         elif event.invalid is not None:
             reason = event.invalid
+        elif event.origin is not None and "provider" not in kinds.get(event.origin, ()):
+            reason = relay_origin_problem(event.origin, kinds.get(event.origin, set()))
         elif event.ledger is not None and event.event_id in in_ledger:
             reason = "a ledger entry with this id exists that no site event made"
         elif event.record is not None:
@@ -334,6 +342,71 @@ def apply_batch_sync(db: sqlite_utils.Database, site: str, batch_id: str,
         (outcome.applied, outcome.duplicates, newly_quarantined, site))
     _add_offline_overspend(db, site, events, applied, outcome)
     return outcome
+
+
+#: The reason of a relay event held until its origin is known (see `release_held_sync`).
+HELD = "held: "
+
+
+def relay_origin_problem(origin: str, kinds: set[str]) -> str:
+    """Why a relayed event of `origin` is not applied: `origin` was seen only with other
+    certificate kinds (a site: refused for good), or never (held until it connects)."""
+    if kinds:
+        return (f"invalid relay event: origin {origin!r} is a {'/'.join(sorted(kinds))}, "
+                "not a provider (only a provider's events are relayed)")
+    return (f"{HELD}relay origin {origin!r} is not a known provider (never seen with a "
+            "provider certificate); applied when it connects with one")
+
+
+def record_peer_sync(db: sqlite_utils.Database, name: str, kind: str, now: float) -> bool:
+    """Record that `name` connected with a `kind` certificate; True the first time."""
+    cur = db.conn.execute("INSERT OR IGNORE INTO peer_kinds (name, kind, first_seen) "
+                          "VALUES (?, ?, ?)", (name, kind, now))
+    return cur.rowcount == 1
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A pusher's certificate kind, and how a held relay event is checked again
+    (`core.sync.reparse_held`) when that pusher is a provider seen for the first time."""
+
+    kind: str
+    reparse: Callable[[dict[str, Any]], IncomingEvent]
+
+
+def see_peer_sync(db: sqlite_utils.Database, name: str, peer: Peer, now: float) -> int:
+    """Record `name`'s certificate kind; a provider seen for the first time has the relay
+    events held for it applied here, in the caller's transaction (returns how many)."""
+    if record_peer_sync(db, name, peer.kind, now) and peer.kind == "provider":
+        released = release_held_sync(db, name, peer.reparse, now)
+        if released:
+            log.info("sync: %s connected as a provider: %d relayed events held for it applied",
+                     name, released)
+        return released
+    return 0
+
+
+def release_held_sync(db: sqlite_utils.Database, origin: str,
+                      reparse: Callable[[dict[str, Any]], IncomingEvent],
+                      now: float) -> int:
+    """Apply the relay events held for `origin` (now a known provider), oldest first, each
+    as its relaying site's batch would have: `reparse` turns a held quarantine row (the
+    inner event's id, kind and body, the relaying site and seq) back into the checked
+    event. Returns how many were applied; the others are quarantined again with their
+    reason (e.g. the provider pushed the same id with another body meanwhile)."""
+    rows = [dict(r) for r in db.conn.execute(
+        "SELECT id, event_id, site, seq, kind, body, batch_id FROM sync_quarantine "
+        "WHERE reason LIKE 'held: %' AND substr(event_id, 1, ?) = ? ORDER BY id",
+        (len(origin) + 1, origin + "/")).fetchall()]
+    applied = 0
+    for row in rows:
+        db.conn.execute("DELETE FROM sync_quarantine WHERE id = ?", (row["id"],))
+        db.conn.execute("UPDATE sync_sites SET quarantined = MAX(quarantined - 1, 0) "
+                        "WHERE name = ?", (row["site"],))
+        # One event per call: two held bodies under one id must not both reach sync_events.
+        outcome = apply_batch_sync(db, row["site"], row["batch_id"], [reparse(row)], now)
+        applied += outcome.applied
+    return applied
 
 
 def _add_offline_overspend(db: sqlite_utils.Database, site: str,
@@ -539,7 +612,7 @@ def heartbeat_sync(db: sqlite_utils.Database, site: str, *, mode: str, outbox: i
 def table_rows_sync(db: sqlite_utils.Database, table: str) -> list[dict[str, Any]]:
     """All rows of one sync table (reports and tests)."""
     if table not in ("sync_sites", "sync_events", "sync_quarantine", "outage_reports",
-                     "changes", "outbox", "replica", "sync_state"):
+                     "changes", "outbox", "replica", "sync_state", "peer_kinds"):
         raise ValueError(table)
     return [dict(r) for r in _q(db, f"SELECT * FROM {table} ORDER BY rowid")]
 
@@ -578,9 +651,16 @@ class SyncStore:
             lambda db: apply_changes_sync(db, changes, token, me, snapshot_next))
 
     async def apply_batch(self, site: str, batch_id: str, events: Sequence[IncomingEvent],
-                          now: float) -> BatchOutcome:
-        return await self.database.run(
-            lambda db: apply_batch_sync(db, site, batch_id, events, now))
+                          now: float, peer: Peer | None = None) -> BatchOutcome:
+        """Apply a batch; with `peer`, first record the pusher's certificate kind in the
+        same transaction (a failed batch leaves no trace)."""
+        def work(db: sqlite_utils.Database) -> BatchOutcome:
+            released = see_peer_sync(db, site, peer, now) if peer is not None else 0
+            outcome = apply_batch_sync(db, site, batch_id, events, now)
+            outcome.released = released
+            return outcome
+
+        return await self.database.run(work)
 
     async def changes_since(self, since: int, limit: int) -> tuple[list[Change], int, bool]:
         return await self.database.run(lambda db: changes_since_sync(db, since, limit))
@@ -593,9 +673,15 @@ class SyncStore:
         return await self.database.run(lambda db: snapshot_page_sync(db, after, limit))
 
     async def heartbeat(self, site: str, *, mode: str, outbox: int, pull_token: str | None,
-                        outage: tuple[float, float] | None, now: float) -> int:
-        return await self.database.run(lambda db: heartbeat_sync(
-            db, site, mode=mode, outbox=outbox, pull_token=pull_token, outage=outage, now=now))
+                        outage: tuple[float, float] | None, now: float,
+                        peer: Peer | None = None) -> int:
+        def work(db: sqlite_utils.Database) -> int:
+            if peer is not None:
+                see_peer_sync(db, site, peer, now)
+            return heartbeat_sync(db, site, mode=mode, outbox=outbox, pull_token=pull_token,
+                                  outage=outage, now=now)
+
+        return await self.database.run(work)
 
     async def rows(self, table: str) -> list[dict[str, Any]]:
         return await self.database.run(lambda db: table_rows_sync(db, table))

@@ -282,7 +282,15 @@ async def test_with_no_upstream_the_charges_wait_in_the_outbox(world):
     world.provider.to_site.down = False
     await world.step(2)
     assert world.provider.sync.active == 1 and world.provider.outbox() == 0
+    # The primary has never seen p1's certificate: the relayed charges are held, not
+    # applied, until p1 connects with a provider certificate (docs/providers.md).
+    assert world.primary_charges() == {}
+    assert world.primary.count("SELECT COUNT(*) FROM sync_quarantine "
+                               "WHERE reason LIKE 'held: %'") == 3
+    world.provider.to_primary.down = False
+    await world.step()
     assert world.primary_charges() == {i: 1 for i in ids}
+    assert world.primary.count("SELECT COUNT(*) FROM sync_quarantine") == 0
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -90,8 +90,8 @@ class SyncApi:
             except (ValueError, UnicodeDecodeError) as exc:
                 return _error(400, "malformed", f"not JSON: {exc}")
             if name == "events":
-                return _json(200, await self.primary.receive_batch(payload, site))
-            return _json(200, await self.primary.heartbeat(payload, site))
+                return _json(200, await self.primary.receive_batch(payload, site, peer.kind))
+            return _json(200, await self.primary.heartbeat(payload, site, peer.kind))
         if name in ("changes", "snapshot", "events", "heartbeat"):
             return _error(405, "method_not_allowed", f"{method} is not allowed here")
         return _error(404, "not_found", "no such resource")
