@@ -42,9 +42,29 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+ROLE_UNITS = ["outpost-site.service", "outpost-primary.service", "outpost-provider.service"]
+
+
 def test_the_role_units_exist() -> None:
-    assert {"outpost-site.service", "outpost-primary.service",
-            "outpost-firstboot.service"} <= set(UNITS)
+    assert {*ROLE_UNITS, "outpost-firstboot.service"} <= set(UNITS)
+
+
+def test_the_preset_enables_every_role_unit() -> None:
+    preset = (PACKAGING / "system-preset/50-outpost.preset").read_text().splitlines()
+    for unit in ROLE_UNITS:
+        assert f"enable {unit}" in preset, unit
+
+
+def test_each_role_unit_runs_its_own_configuration() -> None:
+    for unit in ROLE_UNITS:
+        role = unit.removeprefix("outpost-").removesuffix(".service")
+        text = (PACKAGING / "system" / unit).read_text()
+        assert f"\nConditionPathExists=/etc/outpost/{role}.toml\n" in text, unit
+        assert f"\nExecStart=/opt/outpost/venv/bin/outpost serve --config " \
+               f"/etc/outpost/{role}.toml\n" in text, unit
+    # A provider promoted by moving its file to site.toml is not run twice.
+    provider = (PACKAGING / "system/outpost-provider.service").read_text()
+    assert "\nConditionPathExists=!/etc/outpost/site.toml\n" in provider
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -69,16 +89,29 @@ def test_exposure_at_most_2(unit: str) -> None:
     assert exposure(PACKAGING / "system" / unit) <= MAX_EXPOSURE
 
 
-def test_only_the_site_may_bind_privileged_ports() -> None:
-    site = (PACKAGING / "system/outpost-site.service").read_text()
+def test_only_the_queue_hosts_may_bind_privileged_ports() -> None:
+    for unit in ("outpost-site.service", "outpost-provider.service"):   # IPP 631, LPD 515
+        text = (PACKAGING / "system" / unit).read_text()
+        assert "\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n" in text, unit
+        assert "\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n" in text, unit
     primary = (PACKAGING / "system/outpost-primary.service").read_text()
-    assert "\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n" in site
-    assert "\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n" in site
     assert "\nCapabilityBoundingSet=\n" in primary
     assert "AmbientCapabilities" not in primary
 
 
-@pytest.mark.parametrize("unit", ["outpost-site.service", "outpost-primary.service"])
+def test_the_provider_unit_is_hardened_as_the_sites() -> None:
+    """Everything but the comments, the description and the role's file names is the
+    site's: a hardening added to one and forgotten in the other fails here."""
+    def settings(unit: str) -> list[str]:
+        text = (PACKAGING / "system" / unit).read_text()
+        return [line for line in text.splitlines()
+                if line and not line.startswith(("#", "Description=", "ConditionPathExists="))]
+
+    site, provider = settings("outpost-site.service"), settings("outpost-provider.service")
+    assert [line.replace("provider.toml", "site.toml") for line in provider] == site
+
+
+@pytest.mark.parametrize("unit", ROLE_UNITS)
 def test_role_units_are_watched_and_restarted(unit: str) -> None:
     text = (PACKAGING / "system" / unit).read_text()
     for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure", "User=outpost",
