@@ -18,32 +18,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet import protocol
 from twisted.logger import Logger
 
 from appliance.protocols.lpd import parser as wire
-from appliance.protocols.lpd.parser import (
-    ACK,
-    NACK,
-    AbortJob,
-    ConnectionEnded,
-    ControlFile,
-    ControlFileHeader,
-    ControlFileReceived,
-    DataChunk,
-    DataFileHeader,
-    DataFileReceived,
-    Event,
-    Malformed,
-    PrintWaiting,
-    QueueState,
-    ReceiveJob,
-    RemoveJobs,
-)
+from appliance.protocols.lpd.parser import ACK, NACK, Event, QueueState, RemoveJobs
+from appliance.protocols.lpd.receipt import Receipt, SecondControlFile
 
 log = Logger()
 
@@ -55,27 +38,27 @@ class _Refused(Exception):
     pass
 
 
-@dataclass
-class _Receipt:
-    control: ControlFile | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-    current: tuple[str, Path, IO[bytes]] | None = None
+class _SpoolFile:
+    """A data file of an LPD job, written to the MFD's state folder as it arrives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = open(path, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+
+    def close(self) -> None:
+        self.handle.close()
 
     def discard(self) -> None:
-        if self.current is not None:
-            self.current[2].close()
-            self.current[1].unlink(missing_ok=True)
-            self.current = None
-        for path in self.files.values():
-            path.unlink(missing_ok=True)
-        self.files.clear()
-        self.control = None
+        self.handle.close()
+        self.path.unlink(missing_ok=True)
 
-
-def _chunks(path: Path, size: int = 64 * 1024) -> Iterator[bytes]:
-    with open(path, "rb") as source:
-        while chunk := source.read(size):
-            yield chunk
+    def chunks(self, size: int = 64 * 1024) -> Iterator[bytes]:
+        with open(self.path, "rb") as source:
+            while chunk := source.read(size):
+                yield chunk
 
 
 class MfdLpdProtocol(protocol.Protocol):
@@ -84,7 +67,7 @@ class MfdLpdProtocol(protocol.Protocol):
     def __init__(self, mfd: Any) -> None:
         self.mfd = mfd
         self.parser = wire.Parser(max_data=MAX_DOCUMENT)
-        self.receipt: _Receipt | None = None
+        self.receipt: Receipt[_SpoolFile] | None = None
         self.closing = False
 
     @property
@@ -112,7 +95,7 @@ class MfdLpdProtocol(protocol.Protocol):
                 return
             try:
                 self._handle(event)
-            except _Refused as exc:
+            except (_Refused, SecondControlFile) as exc:
                 self._refuse(str(exc))
             except Exception:
                 log.failure("LPD job failed")
@@ -137,55 +120,46 @@ class MfdLpdProtocol(protocol.Protocol):
 
     def _handle(self, event: Event) -> None:
         receipt = self.receipt
-        if isinstance(event, DataChunk):
-            assert receipt is not None and receipt.current is not None
-            receipt.current[2].write(event.data)
-        elif isinstance(event, ReceiveJob):
+        if isinstance(event, wire.DataChunk):
+            assert receipt is not None
+            receipt.write(event.data)
+        elif isinstance(event, wire.ReceiveJob):
             if not self.mfd.accepting:
                 raise _Refused("the printer is not accepting jobs")
-            self.receipt = _Receipt()
+            self.receipt = Receipt()
             self._ack()
-        elif isinstance(event, ControlFileHeader):
+        elif isinstance(event, wire.ControlFileHeader):
             self._ack()
-        elif isinstance(event, ControlFileReceived):
+        elif isinstance(event, wire.ControlFileReceived):
             assert receipt is not None
-            if receipt.control is not None:
-                raise _Refused("a second control file for one job")
             if not event.control.user:
                 raise _Refused("a control file without P (user)")
-            receipt.control = event.control
+            receipt.take_control(event.control)
             self._complete_if_whole()
             self._ack()
-        elif isinstance(event, DataFileHeader):
+        elif isinstance(event, wire.DataFileHeader):
             assert receipt is not None
             folder = self.mfd.state_dir / "lpd"
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{uuid.uuid4().hex}.part"
-            receipt.current = (event.name, path, open(path, "wb"))
+            receipt.begin_file(event.name, _SpoolFile(folder / f"{uuid.uuid4().hex}.part"))
             self._ack()
-        elif isinstance(event, DataFileReceived):
-            assert receipt is not None and receipt.current is not None
-            name, path, handle = receipt.current
-            receipt.current = None
-            handle.close()
-            old = receipt.files.pop(name, None)
-            if old is not None:
-                old.unlink(missing_ok=True)
-            receipt.files[name] = path
+        elif isinstance(event, wire.DataFileReceived):
+            assert receipt is not None
+            receipt.end_file().close()
             self._complete_if_whole()
             self._ack()
-        elif isinstance(event, AbortJob):
+        elif isinstance(event, wire.AbortJob):
             if receipt is not None:
                 receipt.discard()
             self._ack()
-        elif isinstance(event, ConnectionEnded):
+        elif isinstance(event, wire.ConnectionEnded):
             if receipt is not None:
                 receipt.discard()
                 self.receipt = None
             self._close()
-        elif isinstance(event, Malformed):
+        elif isinstance(event, wire.Malformed):
             raise _Refused(event.reason)
-        elif isinstance(event, PrintWaiting):
+        elif isinstance(event, wire.PrintWaiting):
             self._ack()
             self._close()
         elif isinstance(event, QueueState):
@@ -196,24 +170,23 @@ class MfdLpdProtocol(protocol.Protocol):
     def _complete_if_whole(self) -> None:
         receipt = self.receipt
         assert receipt is not None
+        documents = receipt.whole()
+        if documents is None:
+            return
         control = receipt.control
-        if control is None:
-            return
-        documents = control.documents()
-        if any(d.filename not in receipt.files for d in documents):
-            return
+        assert control is not None
         for spec in documents:
-            path = receipt.files.pop(spec.filename)
+            file = receipt.files.pop(spec.filename)
             try:
                 job = self.mfd.create_job(self.mfd.lpd_uri or "lpd://", control.name_for(spec),
                                           control.user or "anonymous", copies=spec.copies)
-                self.mfd.add_document(job, spec.mime or "application/octet-stream", _chunks(path))
+                self.mfd.add_document(job, spec.mime or "application/octet-stream",
+                                      file.chunks())
             finally:
-                path.unlink(missing_ok=True)
+                file.discard()
             self.mfd.close_job(job)
-        for leftover in receipt.files.values():
-            leftover.unlink(missing_ok=True)
-        self.receipt = _Receipt()
+        receipt.drop_leftovers()
+        self.receipt = Receipt()
 
     def _queue_state(self, event: QueueState) -> str:
         jobs = [j for j in self.mfd.queued_jobs()

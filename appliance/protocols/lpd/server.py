@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol
@@ -50,24 +49,8 @@ from appliance.storage.disk import DiskFull
 from appliance.storage.spool import IncomingDocument, SpoolFull
 
 from . import parser as wire
-from .parser import (
-    ACK,
-    NACK,
-    AbortJob,
-    ConnectionEnded,
-    ControlFile,
-    ControlFileHeader,
-    ControlFileReceived,
-    DataChunk,
-    DataFileHeader,
-    DataFileReceived,
-    Event,
-    Malformed,
-    PrintWaiting,
-    QueueState,
-    ReceiveJob,
-    RemoveJobs,
-)
+from .parser import ACK, NACK, ControlFile, DataChunk, DataFileHeader, Event, QueueState, RemoveJobs
+from .receipt import Receipt
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +68,12 @@ class Refused(Exception):
     """A request answered with the negative acknowledgement and a closed connection."""
 
 
-@dataclass
-class _Receipt:
-    """The job a receive-job command is building."""
+class _Receipt(Receipt[IncomingDocument]):
+    """The job a receive-job command is building, for one of the site's queues."""
 
-    queue: Queue
-    control: ControlFile | None = None
-    files: dict[str, IncomingDocument] = field(default_factory=dict)
-    current: tuple[str, IncomingDocument] | None = None
-
-    def discard(self) -> None:
-        documents = list(self.files.values())
-        if self.current is not None:
-            documents.append(self.current[1])
-        for document in documents:
-            document.discard()
-        self.files.clear()
-        self.current = None
+    def __init__(self, queue: Queue) -> None:
+        super().__init__()
+        self.queue = queue
 
     @property
     def received(self) -> int:
@@ -245,48 +217,40 @@ class LpdServerProtocol(protocol.Protocol, TimeoutMixin):
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, DataChunk):
-            receipt = self._receipt
-            assert receipt is not None and receipt.current is not None
-            receipt.current[1].write(event.data)   # SpoolFull past the document's cap
-        elif isinstance(event, ReceiveJob):
+            assert self._receipt is not None
+            self._receipt.write(event.data)   # SpoolFull past the document's cap
+        elif isinstance(event, wire.ReceiveJob):
             self._receipt = _Receipt(self._queue(event.queue))
             self._ack()
-        elif isinstance(event, ControlFileHeader):
+        elif isinstance(event, wire.ControlFileHeader):
             self._ack()
-        elif isinstance(event, ControlFileReceived):
+        elif isinstance(event, wire.ControlFileReceived):
             await self._control_file(event.control)
             self._ack()
         elif isinstance(event, DataFileHeader):
             await self._data_file_header(event)
             self._ack()
-        elif isinstance(event, DataFileReceived):
-            receipt = self._receipt
-            assert receipt is not None and receipt.current is not None
-            name, document = receipt.current
-            receipt.current = None
-            previous = receipt.files.pop(name, None)
-            if previous is not None:
-                previous.discard()
-            receipt.files[name] = document
+        elif isinstance(event, wire.DataFileReceived):
+            assert self._receipt is not None
+            self._receipt.end_file()
             await self._complete_if_whole()
             self._ack()
-        elif isinstance(event, AbortJob):
+        elif isinstance(event, wire.AbortJob):
             log.info("lpd %s: client aborted the job", self.peer)
             if self._receipt is not None:
                 queue = self._receipt.queue
                 self._discard()
                 self._receipt = _Receipt(queue)
             self._ack()
-        elif isinstance(event, ConnectionEnded):
-            if self._receipt is not None and (self._receipt.files or self._receipt.control
-                                              or self._receipt.current):
+        elif isinstance(event, wire.ConnectionEnded):
+            if self._receipt is not None and self._receipt.started:
                 log.info("lpd %s: connection ended before the job was whole; discarded",
                          self.peer)
             self._discard()
             self._finish()
-        elif isinstance(event, Malformed):
+        elif isinstance(event, wire.Malformed):
             raise Refused(f"malformed: {event.reason}")
-        elif isinstance(event, PrintWaiting):
+        elif isinstance(event, wire.PrintWaiting):
             self._queue(event.queue)
             self._ack()
             self._finish()
@@ -318,7 +282,7 @@ class LpdServerProtocol(protocol.Protocol, TimeoutMixin):
             probe.discard()
             if receipt.received > limit:
                 raise JobError("quota", f"{owner} has no room for {receipt.received} octets")
-        receipt.control = control
+        receipt.take_control(control)
         await self._complete_if_whole()
 
     async def _data_file_header(self, event: DataFileHeader) -> None:
@@ -331,18 +295,17 @@ class LpdServerProtocol(protocol.Protocol, TimeoutMixin):
             document.discard()
             raise JobError("too-large", f"data file {event.name} of {event.size} octets "
                                         f"(room for {document.limit})")
-        receipt.current = (event.name, document)
+        receipt.begin_file(event.name, document)
 
     async def _complete_if_whole(self) -> None:
         """Submit the job once its control file and every data file it prints are here."""
         receipt = self._receipt
         assert receipt is not None
+        documents = receipt.whole()
+        if documents is None:
+            return
         control = receipt.control
-        if control is None:
-            return
-        documents = control.documents()
-        if any(d.filename not in receipt.files for d in documents):
-            return
+        assert control is not None
         owner = control.user or ""
         done: list[Job] = []
         try:
@@ -366,8 +329,7 @@ class LpdServerProtocol(protocol.Protocol, TimeoutMixin):
                 except Exception as exc:
                     log.warning("lpd %s: could not withdraw job %d: %s", self.peer, job.id, exc)
             raise
-        for leftover in receipt.files.values():   # sent but not printed by the control file
-            leftover.discard()
+        receipt.drop_leftovers()   # sent but not printed by the control file
         self.submitted.extend(done)
         for job in done:
             log.info("lpd %s: job %d for %s on %s (%s, %s pages)", self.peer, job.id, job.owner,
