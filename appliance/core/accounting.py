@@ -56,7 +56,11 @@ class AccountingService:
                 fit = pages if verdict.max_units is None else verdict.max_units
                 return CopyAuthorisation(verdict.allowed, fit, per_page, per_page * pages,
                                          balance, None if verdict.allowed else verdict.code)
-        max_pages = affordable(balance, overdraft, per_page, pages)
+            # Online: money other sites hold in reserve for their outages is not spendable.
+            reserved = await self.offline_gate.reserved_elsewhere(account_id)
+        else:
+            reserved = 0
+        max_pages = affordable(balance - reserved, overdraft, per_page, pages)
         return CopyAuthorisation(max_pages == pages, max_pages, per_page, per_page * pages,
                                  balance, None if max_pages == pages else "insufficient_balance")
 

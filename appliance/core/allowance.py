@@ -193,6 +193,16 @@ class OfflineGate:
                  account_id, message)
         return Verdict(False, OFFLINE_ALLOWANCE_EXHAUSTED, message)
 
+    async def reserved_elsewhere(self, account_id: int) -> int:
+        """Online: what other sites hold in reserve for this account (when this site got
+        its grant); the site lets the user spend balance + overdraft limit minus it, so
+        that money reserved for another site's outage is not spent here meanwhile.
+        0 without an uplink, offline, or without a policy."""
+        if self.offline is None or self.offline():
+            return 0
+        reserved: int = await self.store.reserved_elsewhere(account_id)
+        return reserved
+
     def release_hold(self, account_id: int, amount: int) -> None:
         left = self._held.get(account_id, 0) - amount
         if left > 0:
@@ -290,7 +300,8 @@ class PrimaryAllowances:
                 "expires_at": now + validity, "policy": OfflinePolicy(
                     policy.past_allowance, policy.overdraft, policy.unknown_users,
                     policy.offline_account).to_wire(),
-                "grants": [{"grant": g, "account": a, "amount": n} for g, a, n in grants]}
+                "grants": [{"grant": g, "account": a, "amount": n, "elsewhere": e}
+                           for g, a, n, e in grants]}
 
 
 # ---------------------------------------------------------------- the wire: site side
@@ -314,7 +325,10 @@ def parse_answer(answer: Any) -> Any:
                 or not isinstance(g.get("account"), str) or not _is_int(g.get("amount")) \
                 or g["amount"] < 0:
             raise ValueError(f"not a grant: {g!r}")
-        grants.append((g["grant"], g["account"], int(g["amount"])))
+        elsewhere = g.get("elsewhere", 0)
+        if not _is_int(elsewhere) or elsewhere < 0:
+            raise ValueError(f"not a grant: {g!r}")
+        grants.append((g["grant"], g["account"], int(g["amount"]), int(elsewhere)))
     return GrantAnswer(True, float(valid_for), float(refresh),
                        OfflinePolicy.from_wire(answer.get("policy")), grants)
 

@@ -191,6 +191,8 @@ class ReleaseService:
 
         if offline is None and check_balance and account_id is not None and quote.cost > 0:
             balance, overdraft = await self.store.balance(account_id)
+            if self.offline_gate is not None:   # money other sites hold in reserve
+                balance -= await self.offline_gate.reserved_elsewhere(account_id)
             if affordable(balance, overdraft, quote.cost, 1) < 1:
                 return JobResult(job.id, False, "insufficient_balance",
                                  f"job costs {quote.cost}, balance is {balance}")

@@ -77,15 +77,25 @@ def position_sync(db: sqlite_utils.Database, account_id: int,
 
 def tag_offline_charge_sync(db: sqlite_utils.Database, entry_id: str, account_id: int,
                             amount: int, now: float) -> dict[str, Any] | None:
-    """Called for every ledger row a site writes, in its transaction: offline with a
-    policy, a charge (negative amount) is recorded against the account's grant and the
-    returned tag goes into the row's body. None: nothing to tag."""
+    """Called for every ledger row a site writes, in its transaction. With a policy, a
+    charge (negative amount) is recorded against the account's grant: offline, with the
+    part past the grant, and the returned tag goes into the row's body; online, it uses
+    the grant up (no tag). None: nothing to tag."""
     if amount >= 0:
         return None
     offline, policy = _site_policy_sync(db)
-    if not offline or policy is None:
+    if policy is None:
         return None
     name = _account_name(db, account_id) or ""
+    if not offline:
+        grant = _one(db, "SELECT grant_id FROM offline_grants WHERE account = ? "
+                         "AND state = 'active' ORDER BY received_at DESC LIMIT 1", (name,))
+        if grant is not None:
+            db.conn.execute("INSERT OR IGNORE INTO offline_charges (entry_id, grant_id, "
+                            "account, amount, over, created_at, offline) "
+                            "VALUES (?, ?, ?, ?, 0, ?, 0)",
+                            (entry_id, grant["grant_id"], name, -amount, now))
+        return None
     if name == policy.offline_account:
         grant_id, over = None, 0
     else:
@@ -95,6 +105,18 @@ def tag_offline_charge_sync(db: sqlite_utils.Database, entry_id: str, account_id
                     "over, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (entry_id, grant_id, name, -amount, over, now))
     return {"grant": grant_id, "over": over}
+
+
+def reserved_elsewhere_sync(db: sqlite_utils.Database, account_id: int) -> int:
+    """Online, with a policy: what other sites had reserved for the account when this
+    site got its grant (0: no policy, no grant)."""
+    offline, policy = _site_policy_sync(db)
+    if offline or policy is None:
+        return 0
+    row = _one(db, "SELECT g.elsewhere FROM offline_grants g JOIN accounts a "
+                   "ON a.name = g.account WHERE a.id = ? AND g.state = 'active' "
+                   "ORDER BY g.received_at DESC LIMIT 1", (account_id,))
+    return 0 if row is None else int(row["elsewhere"])
 
 
 def unknown_user_account_sync(db: sqlite_utils.Database) -> tuple[bool, int | None]:
@@ -132,7 +154,7 @@ class GrantAnswer:
     valid_for: float
     refresh: float
     policy: OfflinePolicy | None
-    grants: list[tuple[str, str, int]]      # (grant id, account, amount)
+    grants: list[tuple[str, str, int, int]]   # (grant id, account, amount, elsewhere)
 
 
 def store_answer_sync(db: sqlite_utils.Database, answer: GrantAnswer, reported: Sequence[str],
@@ -144,10 +166,12 @@ def store_answer_sync(db: sqlite_utils.Database, answer: GrantAnswer, reported: 
         db.conn.execute("DELETE FROM offline_grants WHERE grant_id = ? AND state = 'superseded'",
                         (grant_id,))
     db.conn.execute("DELETE FROM offline_grants WHERE state = 'active'")
-    for grant_id, account, amount in answer.grants:
+    for grant_id, account, amount, elsewhere in answer.grants:
         db.conn.execute("INSERT OR REPLACE INTO offline_grants (grant_id, account, amount, "
-                        "expires_at, received_at, state) VALUES (?, ?, ?, ?, ?, 'active')",
-                        (grant_id, account, amount, sent_at + answer.valid_for, sent_at))
+                        "expires_at, received_at, state, elsewhere) "
+                        "VALUES (?, ?, ?, ?, ?, 'active', ?)",
+                        (grant_id, account, amount, sent_at + answer.valid_for, sent_at,
+                         elsewhere))
     if answer.enabled and answer.policy is not None:
         db.conn.execute("INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT(key) "
                         "DO UPDATE SET value = excluded.value",
@@ -163,10 +187,11 @@ def store_answer_sync(db: sqlite_utils.Database, answer: GrantAnswer, reported: 
 
 def grant_sync(db: sqlite_utils.Database, site: str, policy: SitePolicy | None,
                used: Sequence[dict[str, Any]], now: float,
-               validity: float) -> list[tuple[str, str, int]]:
+               validity: float) -> list[tuple[str, str, int, int]]:
     """One allowance request, as one transaction: record what the site reports it spent
     under its grants, release all its reservations, and (with a policy) reserve fresh
-    grants for every account of an enabled user. Returns (grant id, account, amount)."""
+    grants for every account of an enabled user. Returns (grant id, account, amount,
+    reserved by other sites)."""
     for u in used:
         db.conn.execute(
             "UPDATE offline_reservations SET spent = ?, over = ?, charges = ?, "
@@ -203,7 +228,7 @@ def grant_sync(db: sqlite_utils.Database, site: str, policy: SitePolicy | None,
             "INSERT INTO offline_reservations (grant_id, site, account, amount, granted_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
             (grant_id, site, a["name"], amount, now, now + validity))
-        grants.append((grant_id, str(a["name"]), amount))
+        grants.append((grant_id, str(a["name"]), amount, others.get(a["name"], 0)))
     db.conn.execute("INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT(key) "
                     "DO UPDATE SET value = excluded.value", (GRANT_SEQ, str(n)))
     return grants
@@ -232,6 +257,9 @@ class AllowanceStore:
         now = self.clock()
         return await self.database.run(lambda db: position_sync(db, account_id, now))
 
+    async def reserved_elsewhere(self, account_id: int) -> int:
+        return await self.database.run(lambda db: reserved_elsewhere_sync(db, account_id))
+
     async def unknown_user_account(self) -> tuple[bool, int | None]:
         return await self.database.run(unknown_user_account_sync)
 
@@ -250,7 +278,7 @@ class AllowanceStore:
         return await self.database.run(work)
 
     async def grant(self, site: str, policy: SitePolicy | None, used: Sequence[dict[str, Any]],
-                    now: float, validity: float) -> list[tuple[str, str, int]]:
+                    now: float, validity: float) -> list[tuple[str, str, int, int]]:
         return await self.database.run(
             lambda db: grant_sync(db, site, policy, used, now, validity))
 

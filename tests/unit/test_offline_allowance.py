@@ -272,10 +272,11 @@ def site(tmp_path):
     accounting = AccountingService(store=store, policies=lambda d: LAB_POLICY,
                                    offline_gate=gate)
 
-    def go_offline(policy: OfflinePolicy | None, grant: int | None, valid_for: float = 3600):
+    def go_offline(policy: OfflinePolicy | None, grant: int | None, valid_for: float = 3600,
+                   elsewhere: int = 0):
         def work(db):
             set_state_sync(db, "mode", "offline")
-            grants = [] if grant is None else [("site-a/1", "user:alice", grant)]
+            grants = [] if grant is None else [("site-a/1", "user:alice", grant, elsewhere)]
             import time
 
             store_answer_sync(db, GrantAnswer(policy is not None, valid_for, 60.0, policy,
@@ -365,6 +366,30 @@ async def test_copies_offline_and_usage_past_the_allowance_is_charged_as_over(si
                                                  device="mfd-1", pages=1, colour=False,
                                                  sides="one-sided")
     assert (again.allowed, again.max_pages) == (False, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_online_a_site_leaves_other_sites_reserves_and_uses_its_own_grant_up(site):
+    """Online with a policy: money another site holds in reserve is not spendable here,
+    and what is spent here online uses this site's grant up (no ledger tag online), so a
+    cut that follows cannot spend it a second time."""
+    site.go_offline(OfflinePolicy("deny"), 100, elsewhere=900)
+    site.state.offline = False
+    site.database.run_sync(lambda db: set_state_sync(db, "mode", "online"))
+    account, user = site.user.account_id, site.user.id
+    auth = await site.accounting.authorise_copy(account_id=account, device="mfd-1", pages=20,
+                                                colour=False, sides="one-sided")
+    assert (auth.allowed, auth.max_pages, auth.reason, auth.balance) == (
+        False, 10, "insufficient_balance", 1000)
+    await site.accounting.report_usage(usage_id="on1", device="mfd-1", user_id=user,
+                                       account_id=account, kind="copy", pages=6,
+                                       colour=False, sides="one-sided")
+    assert ledger(site) == [(-60, None)]
+    site.state.offline = True
+    site.database.run_sync(lambda db: set_state_sync(db, "mode", "offline"))
+    auth = await site.accounting.authorise_copy(account_id=account, device="mfd-1", pages=5,
+                                                colour=False, sides="one-sided")
+    assert (auth.allowed, auth.max_pages) == (False, 4), "100 granted, 60 used online"
 
 
 @pytest_twisted.ensureDeferred

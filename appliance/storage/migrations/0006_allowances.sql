@@ -32,18 +32,24 @@ CREATE TABLE offline_grants (
     amount       INTEGER NOT NULL,
     expires_at   REAL NOT NULL,               -- by the site's clock
     received_at  REAL NOT NULL,
+    -- What other sites had reserved for the account when this grant was made: online,
+    -- the site lets the user spend balance + overdraft limit minus this.
+    elsewhere    INTEGER NOT NULL DEFAULT 0,
     state        TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'superseded'))
 );
 CREATE INDEX offline_grants_account ON offline_grants(account, state);
 
--- Every ledger row the site wrote while offline with a policy, in that row's
--- transaction: under which grant (NULL: none) and how much of it went past the grant.
+-- Every charge the site wrote under a grant, in the ledger row's transaction: offline
+-- ones (grant NULL: none; `over`: how much went past the grant), and online ones under
+-- an active grant, which use the grant up too (money spent online is not there to be
+-- spent again offline).
 CREATE TABLE offline_charges (
     entry_id     TEXT PRIMARY KEY,
     grant_id     TEXT,
     account      TEXT NOT NULL,
     amount       INTEGER NOT NULL,            -- positive: what was charged
     over         INTEGER NOT NULL,
-    created_at   REAL NOT NULL
+    created_at   REAL NOT NULL,
+    offline      INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX offline_charges_grant ON offline_charges(grant_id);
