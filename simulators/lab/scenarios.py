@@ -68,6 +68,7 @@ class Driver:
     held: dict[tuple[str, str], int] = field(default_factory=dict)
     next_step: int = 0
     _hooks: dict[int, list[Callable[[], None]]] = field(default_factory=dict)
+    _watchers: list[Callable[[Step], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.executor.before_step = self._before_step
@@ -93,12 +94,14 @@ class Driver:
     def _before_step(self, step: Step) -> None:
         for action in self._hooks.pop(step.index, []):
             action()
+        for watcher in list(self._watchers):
+            watcher(step)
 
     # ------------------------------------------------------------ faults
 
     def note(self, action: str, target: str, **details: Any) -> None:
-        entry = {"step": self.next_step if not self.executor.log.steps else
-                 self.executor.log.steps, "action": action, "target": target, **details}
+        entry = {"step": self.executor.log.steps, "action": action, "target": target,
+                 **details}
         self.faults.append(entry)
         log.info("fault: %s", json.dumps(entry))
 
@@ -123,6 +126,10 @@ class Driver:
     def cut(self, name: str, mode: str = "partition") -> None:
         """Cut a link: `partition` (connections stall, new ones hang) or `down` (closed,
         refused)."""
+        self._cut(name, mode)
+        self.note("cut", name, mode=mode)
+
+    def _cut(self, name: str, mode: str) -> None:
         proxy = self.proxy(name)
         if mode == "down":
             self._wan("POST", f"/proxies/{proxy}", {"enabled": False})
@@ -131,7 +138,25 @@ class Driver:
                 self._wan("POST", f"/proxies/{proxy}/toxics",
                           {"name": f"partition_{stream}", "type": "partition",
                            "stream": stream})
-        self.note("cut", name, mode=mode)
+
+    def cut_during(self, name: str, action: str, from_index: int,
+                   delay: float = 0.05) -> Callable[[], bool]:
+        """Cut `name`'s link `delay` s into the first `action` step at `name` whose index
+        is `from_index` or later (which step: from the seed; the cut lands while the
+        panel waits for its answer). Returns whether it happened."""
+        done = {"cut": False}
+
+        def watch(step: Step) -> None:
+            if done["cut"] or step.index < from_index or step.action != action \
+                    or step.site != name:
+                return
+            done["cut"] = True
+            self._watchers.remove(watch)
+            self.note("cut", name, mode="partition", during=f"step {step.index} {action}")
+            threading.Timer(delay, self._cut, (name, "partition")).start()
+
+        self._watchers.append(watch)
+        return lambda: done["cut"]
 
     def heal(self, name: str) -> None:
         proxy = self.proxy(name)
@@ -247,8 +272,12 @@ class Scenario:
 
 
 def wan_drop(d: Driver) -> None:
-    d.phase("warm", 80 + d.rng.randint(0, 20), Mix(BOTH))
-    d.cut("site-1")
+    """The link drops while a user waits at a panel for a release at site-1."""
+    warm = 80 + d.rng.randint(0, 20)
+    dropped = d.cut_during("site-1", "release", warm - 25)
+    d.phase("warm", warm, Mix(BOTH))
+    if not dropped():
+        d.cut("site-1")
     d.wait_mode("site-1", "offline")
     d.phase("outage", 140 + d.rng.randint(0, 20), Mix({"site-1": 0.8, "site-2": 0.2}))
     d.heal("site-1")

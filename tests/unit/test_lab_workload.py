@@ -38,6 +38,16 @@ class RecordingDriver:
     def at_step(self, index: int, action: Any) -> None:
         self.hooks.setdefault(index, []).append(action)
 
+    def cut_during(self, name: str, action: str, from_index: int) -> Any:
+        def happened() -> bool:
+            hit = next((s.index for s in self.log if not isinstance(s, tuple)
+                        and s.index >= from_index and s.action == action and s.site == name),
+                       None)
+            if hit is not None:
+                self.log.append(("cut-during", name, hit))
+            return hit is not None
+        return happened
+
     def cut(self, name: str, mode: str = "partition") -> None:
         self.log.append(("cut", name, mode, self.next_step))
 
