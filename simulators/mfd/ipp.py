@@ -19,10 +19,16 @@ from twisted.web import resource
 from twisted.web.server import Request
 
 from appliance.protocols.ipp import codec
+from appliance.protocols.ipp.attributes import (
+    BASE_OPERATIONS,
+    MAX_COPIES,
+    NUMBER_UP,
+    SIDES,
+    common_printer_attributes,
+)
 from appliance.protocols.ipp.codec import (
     Attribute,
     DateTime,
-    IntRange,
     Message,
     ParseError,
     Resolution,
@@ -50,20 +56,9 @@ DOCUMENT_FORMATS = (
     "application/vnd.hp-pclxl",
     "image/pwg-raster",
 )
-SIDES = ("one-sided", "two-sided-long-edge", "two-sided-short-edge")
-NUMBER_UP = (1, 2, 4, 6, 9, 16)
-MAX_COPIES = 999
 MONO_MODES = frozenset({"monochrome", "bi-level", "process-monochrome"})
-OPERATIONS = (
-    Operation.PRINT_JOB,
-    Operation.VALIDATE_JOB,
-    Operation.CREATE_JOB,
-    Operation.SEND_DOCUMENT,
-    Operation.CANCEL_JOB,
-    Operation.GET_JOB_ATTRIBUTES,
-    Operation.GET_JOBS,
-    Operation.GET_PRINTER_ATTRIBUTES,
-)
+#: No Hold-Job / Release-Job: a device prints what it gets.
+OPERATIONS = BASE_OPERATIONS
 READ_CHUNK = 64 * 1024
 
 #: Attributes of the printer that are job-template defaults/supported values
@@ -405,28 +400,15 @@ class IppPrinter:
             attr("printer-up-time", ValueTag.INTEGER, self.mfd.up_time()),
             attr("printer-current-time", ValueTag.DATE_TIME, DateTime.from_datetime(
                 datetime.now(UTC))),
-            attr("ipp-versions-supported", ValueTag.KEYWORD, "1.0", "1.1", "2.0"),
-            attr("operations-supported", ValueTag.ENUM, *(int(op) for op in OPERATIONS)),
-            attr("charset-configured", ValueTag.CHARSET, "utf-8"),
-            attr("charset-supported", ValueTag.CHARSET, "utf-8", "us-ascii"),
-            attr("natural-language-configured", ValueTag.NATURAL_LANGUAGE, "en"),
-            attr("generated-natural-language-supported", ValueTag.NATURAL_LANGUAGE, "en"),
+            *common_printer_attributes(OPERATIONS),
             attr("document-format-default", ValueTag.MIME_MEDIA_TYPE, "application/octet-stream"),
             attr("document-format-supported", ValueTag.MIME_MEDIA_TYPE, *DOCUMENT_FORMATS),
             attr("pdl-override-supported", ValueTag.KEYWORD, "attempted"),
-            attr("compression-supported", ValueTag.KEYWORD, "none"),
-            attr("multiple-document-jobs-supported", ValueTag.BOOLEAN, False),
             attr("multiple-operation-time-out", ValueTag.INTEGER, 60),
             attr("color-supported", ValueTag.BOOLEAN, self.mfd.colour),
             attr("pages-per-minute", ValueTag.INTEGER, 30),
             *([attr("pages-per-minute-color", ValueTag.INTEGER, 30)] if self.mfd.colour else []),
             attr("printer-impressions-completed", ValueTag.INTEGER, self.mfd.counters["total"]),
-            attr("copies-default", ValueTag.INTEGER, 1),
-            attr("copies-supported", ValueTag.RANGE_OF_INTEGER, IntRange(1, MAX_COPIES)),
-            attr("sides-default", ValueTag.KEYWORD, "one-sided"),
-            attr("sides-supported", ValueTag.KEYWORD, *SIDES),
-            attr("number-up-default", ValueTag.INTEGER, 1),
-            attr("number-up-supported", ValueTag.INTEGER, *NUMBER_UP),
             attr("print-color-mode-default", ValueTag.KEYWORD, colour_modes[0]),
             attr("print-color-mode-supported", ValueTag.KEYWORD, *colour_modes),
             attr("finishings-default", ValueTag.ENUM, 3),

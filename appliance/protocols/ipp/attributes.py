@@ -37,7 +37,9 @@ DOCUMENT_FORMATS = (
 )
 DEFAULT_DOCUMENT_FORMAT = "application/octet-stream"
 
-OPERATIONS = (
+#: RFC 8011's required operations: every IPP printer of the project (a queue here, the
+#: simulated MFD) has them; a queue also holds and releases jobs.
+BASE_OPERATIONS = (
     Operation.PRINT_JOB,
     Operation.VALIDATE_JOB,
     Operation.CREATE_JOB,
@@ -46,9 +48,8 @@ OPERATIONS = (
     Operation.GET_JOB_ATTRIBUTES,
     Operation.GET_JOBS,
     Operation.GET_PRINTER_ATTRIBUTES,
-    Operation.HOLD_JOB,
-    Operation.RELEASE_JOB,
 )
+OPERATIONS = (*BASE_OPERATIONS, Operation.HOLD_JOB, Operation.RELEASE_JOB)
 
 SIDES = ("one-sided", "two-sided-long-edge", "two-sided-short-edge")
 NUMBER_UP = (1, 2, 4, 6, 9, 16)
@@ -97,6 +98,28 @@ def media_for_size(width: int, length: int) -> MediaSize | None:
 
 
 # ---------------------------------------------------------------- printer attributes
+
+
+def common_printer_attributes(operations: Iterable[Operation]) -> list[Attribute]:
+    """The printer attributes every IPP printer of the project (a queue here, the
+    simulated MFD) states alike: IPP versions, `operations`, charsets, languages, one
+    document per job, no compression, and the copies, sides and number-up templates."""
+    return [
+        attr("ipp-versions-supported", ValueTag.KEYWORD, "1.0", "1.1", "2.0"),
+        attr("operations-supported", ValueTag.ENUM, *(int(op) for op in operations)),
+        attr("charset-configured", ValueTag.CHARSET, "utf-8"),
+        attr("charset-supported", ValueTag.CHARSET, "utf-8", "us-ascii"),
+        attr("natural-language-configured", ValueTag.NATURAL_LANGUAGE, "en"),
+        attr("generated-natural-language-supported", ValueTag.NATURAL_LANGUAGE, "en"),
+        attr("compression-supported", ValueTag.KEYWORD, "none"),
+        attr("multiple-document-jobs-supported", ValueTag.BOOLEAN, False),
+        attr("copies-default", ValueTag.INTEGER, 1),
+        attr("copies-supported", ValueTag.RANGE_OF_INTEGER, IntRange(1, MAX_COPIES)),
+        attr("sides-default", ValueTag.KEYWORD, "one-sided"),
+        attr("sides-supported", ValueTag.KEYWORD, *SIDES),
+        attr("number-up-default", ValueTag.INTEGER, 1),
+        attr("number-up-supported", ValueTag.INTEGER, *NUMBER_UP),
+    ]
 
 #: Printer attributes that the 'job-template' group keyword selects.
 JOB_TEMPLATE_PRINTER_ATTRIBUTES = frozenset(
@@ -183,18 +206,11 @@ def printer_attributes(ctx: PrinterContext) -> dict[str, Attribute]:
         attr("printer-up-time", ValueTag.INTEGER, max(1, ctx.up_time)),
         attr("printer-current-time", ValueTag.DATE_TIME, _date(ctx.now)),
         attr("printer-kind", ValueTag.KEYWORD, "document"),
-        attr("ipp-versions-supported", ValueTag.KEYWORD, "1.0", "1.1", "2.0"),
+        *common_printer_attributes(OPERATIONS),
         attr("ipp-features-supported", ValueTag.KEYWORD, "none"),
-        attr("operations-supported", ValueTag.ENUM, *(int(op) for op in OPERATIONS)),
-        attr("multiple-document-jobs-supported", ValueTag.BOOLEAN, False),
         attr("multiple-operation-time-out", ValueTag.INTEGER, 120),
-        attr("charset-configured", ValueTag.CHARSET, "utf-8"),
-        attr("charset-supported", ValueTag.CHARSET, "utf-8", "us-ascii"),
-        attr("natural-language-configured", ValueTag.NATURAL_LANGUAGE, "en"),
-        attr("generated-natural-language-supported", ValueTag.NATURAL_LANGUAGE, "en"),
         attr("document-format-default", ValueTag.MIME_MEDIA_TYPE, DEFAULT_DOCUMENT_FORMAT),
         attr("document-format-supported", ValueTag.MIME_MEDIA_TYPE, *DOCUMENT_FORMATS),
-        attr("compression-supported", ValueTag.KEYWORD, "none"),
         attr("pdl-override-supported", ValueTag.KEYWORD, "not-attempted"),
         attr("color-supported", ValueTag.BOOLEAN, True),
         attr("pages-per-minute", ValueTag.INTEGER, 30),
@@ -203,13 +219,7 @@ def printer_attributes(ctx: PrinterContext) -> dict[str, Attribute]:
         attr("job-ids-supported", ValueTag.BOOLEAN, True),
         attr("job-k-octets-supported", ValueTag.RANGE_OF_INTEGER, IntRange(0, k_octets)),
         attr("job-creation-attributes-supported", ValueTag.KEYWORD, *JOB_CREATION_ATTRIBUTES),
-        # job template: defaults and what is supported
-        attr("copies-default", ValueTag.INTEGER, 1),
-        attr("copies-supported", ValueTag.RANGE_OF_INTEGER, IntRange(1, MAX_COPIES)),
-        attr("sides-default", ValueTag.KEYWORD, "one-sided"),
-        attr("sides-supported", ValueTag.KEYWORD, *SIDES),
-        attr("number-up-default", ValueTag.INTEGER, 1),
-        attr("number-up-supported", ValueTag.INTEGER, *NUMBER_UP),
+        # job template: defaults and what is supported (copies, sides, number-up above)
         attr("print-color-mode-default", ValueTag.KEYWORD, "auto"),
         attr("print-color-mode-supported", ValueTag.KEYWORD, *COLOR_MODES),
         attr("job-hold-until-default", ValueTag.KEYWORD, "indefinite" if findme else "no-hold"),
