@@ -154,6 +154,13 @@ class Driver:
             self._watchers.remove(watch)
             self.note("cut", name, mode="partition", during=f"step {step.index} {action}")
             threading.Timer(delay, self._cut, (name, "partition")).start()
+            self._watchers.append(settled)
+
+        def settled(step: Step) -> None:
+            # The step after the cut starts once the site knows it is offline, so that
+            # which charges are offline ones does not depend on how fast it noticed.
+            self._watchers.remove(settled)
+            self.wait_mode(name, "offline")
 
         self._watchers.append(watch)
         return lambda: done["cut"]
