@@ -165,6 +165,9 @@ def store_answer_sync(db: sqlite_utils.Database, answer: GrantAnswer, reported: 
     for grant_id in reported:
         db.conn.execute("DELETE FROM offline_grants WHERE grant_id = ? AND state = 'superseded'",
                         (grant_id,))
+        # Online charges were kept only to use the grant up; offline ones stay (history).
+        db.conn.execute("DELETE FROM offline_charges WHERE grant_id = ? AND offline = 0",
+                        (grant_id,))
     db.conn.execute("DELETE FROM offline_grants WHERE state = 'active'")
     for grant_id, account, amount, elsewhere in answer.grants:
         db.conn.execute("INSERT OR REPLACE INTO offline_grants (grant_id, account, amount, "
