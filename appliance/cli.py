@@ -11,14 +11,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str = "ACTION") -> Any:
+    """A required group of subcommands under `parser`; their name lands in `args.<dest>`."""
+    return parser.add_subparsers(dest=dest, metavar=metavar, required=True)
+
+
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """The `--config FILE` every appliance command that reads the configuration takes."""
+    parser.add_argument("--config", type=Path, required=True, help="TOML configuration file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outpost", description="Outpost print-management site appliance"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+    commands = subcommands(parser, "command", "COMMAND")
 
     from appliance import serve_cli
 
@@ -41,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab_cli.register(commands)
 
     sim = commands.add_parser("sim", help="software stand-ins for MFDs and WAN links")
-    sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIMULATOR")
-    sim_commands.required = True
+    sim_commands = subcommands(sim, "sim_command", "SIMULATOR")
     from simulators.mfd import cli as mfd_cli
 
     mfd_cli.register(sim_commands)

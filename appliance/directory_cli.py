@@ -6,20 +6,20 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
+
+from appliance.cli import config_option, subcommands
 
 
 def register(commands: Any) -> None:
     directory = commands.add_parser("directory", help="the organisation's directory (LDAP)")
-    actions = directory.add_subparsers(dest="directory_command", metavar="ACTION")
-    actions.required = True
+    actions = subcommands(directory, "directory_command")
     sync = actions.add_parser(
         "sync", help="read users and groups from [directory] into the primary",
         description="One run: paged searches, nested groups, users matched by entryUUID or "
         "objectGUID (a rename keeps the account); incremental after the first run. The "
         "primary's change log carries the changes to the sites.")
-    sync.add_argument("--config", type=Path, required=True)
+    config_option(sync)
     sync.add_argument("--full", action="store_true", help="read everything, not only changes")
     sync.set_defaults(func=sync_command)
 

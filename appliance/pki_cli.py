@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance.cli import subcommands
+
 
 def register(commands: Any) -> None:
     pki = commands.add_parser("pki", help="make the deployment CA and appliance certificates")
-    actions = pki.add_subparsers(dest="pki_command", metavar="ACTION")
-    actions.required = True
+    actions = subcommands(pki, "pki_command")
     init = actions.add_parser("init", help="make the CA (ca.crt, ca.key) in DIR")
     init.add_argument("dir", type=Path)
     init.add_argument("--name", default="Outpost deployment CA")

@@ -10,23 +10,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance.cli import config_option, subcommands
+
 
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the appliance with a configuration file")
-    serve.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    config_option(serve)
     serve.add_argument("--check", action="store_true",
                        help="only check the configuration, report every error, and exit")
     serve.set_defaults(func=serve_command)
 
     users = commands.add_parser("users", help="manage the site's users")
-    users_commands = users.add_subparsers(dest="users_command", metavar="ACTION")
-    users_commands.required = True
+    users_commands = subcommands(users, "users_command")
     imp = users_commands.add_parser(
         "import", help="add users with cards, PINs, passwords and opening balances",
         description="Reads a JSON list of {username, full_name, email, card, pin, password, "
         "balance} from FILE or standard input. Secrets are stored only as HMACs and Argon2id "
         "verifiers.")
-    imp.add_argument("--config", type=Path, required=True)
+    config_option(imp)
     imp.add_argument("file", nargs="?", default="-")
     imp.set_defaults(func=import_users_command)
 

@@ -19,10 +19,15 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from appliance.cli import subcommands
 
 from .faults import MODES
+
+N = TypeVar("N", int, float)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -56,8 +61,7 @@ def _register_panel(subparsers: Any) -> None:
     panel.add_argument("--pin")
     panel.add_argument("--password")
     panel.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    commands = panel.add_subparsers(dest="panel_command", metavar="COMMAND")
-    commands.required = True
+    commands = subcommands(panel, "panel_command", "COMMAND")
     commands.add_parser("jobs", help="list my held jobs")
     release = commands.add_parser("release", help="release held jobs to this MFD")
     which = release.add_mutually_exclusive_group(required=True)
@@ -74,34 +78,24 @@ def _register_panel(subparsers: Any) -> None:
     panel.set_defaults(func=panel_command, _parser=panel)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
+def _at_least(convert: Callable[[str], N], low: int, what: str) -> Callable[[str], N]:
+    """An argparse type: `convert` the text, refusing what is not `what` or is below `low`
+    (or infinite, or NaN)."""
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {low} or more")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+_positive_int = _at_least(int, 1, "an integer")
+_non_negative_int = _at_least(int, 0, "an integer")
+_non_negative_float = _at_least(float, 0, "a number")
 
 
 def _print(body: dict[str, Any]) -> None:
@@ -231,8 +225,7 @@ def _rest(answer: dict[str, Any]) -> dict[str, Any]:
 
 def _register_mfd(subparsers: Any) -> None:
     mfd = subparsers.add_parser("mfd", help="run a simulated MFD, or set a lab MFD's fault")
-    commands = mfd.add_subparsers(dest="mfd_command", metavar="ACTION")
-    commands.required = True
+    commands = subcommands(mfd, "mfd_command")
 
     serve = commands.add_parser("serve", help="run one simulated MFD until SIGINT/SIGTERM")
     serve.add_argument("--name", required=True)
@@ -354,8 +347,7 @@ def serve_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """`outpost sim` with only the MFD commands, for `python -m simulators.mfd.cli`."""
     parser = argparse.ArgumentParser(prog="python -m simulators.mfd.cli")
-    commands = parser.add_subparsers(dest="sim_command", metavar="SIMULATOR")
-    commands.required = True
+    commands = subcommands(parser, "sim_command", "SIMULATOR")
     register(commands)
     return parser
 

@@ -29,8 +29,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from appliance.cli import subcommands
 
 DEFAULT_SERVER = "http://127.0.0.1:8474"
 
@@ -138,15 +140,28 @@ def cmd_proxy_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_proxy_show(args: argparse.Namespace) -> int:
-    _print(_client(args).call("GET", f"/proxies/{args.name}"))
-    return 0
+def _request(method: str, path: str, said: str | None = None) -> Callable[[argparse.Namespace], int]:
+    """A command that sends one body-less request to `path` and prints the answer, or
+    `said` instead when given (both formatted with the command's arguments)."""
+    def command(args: argparse.Namespace) -> int:
+        answer = _client(args).call(method, path.format(**vars(args)))
+        if said is None:
+            _print(answer)
+        else:
+            print(said.format(**vars(args)))
+        return 0
+
+    return command
 
 
-def cmd_proxy_delete(args: argparse.Namespace) -> int:
-    _client(args).call("DELETE", f"/proxies/{args.name}")
-    print(f"Deleted proxy {args.name}")
-    return 0
+cmd_proxy_show = _request("GET", "/proxies/{name}")
+cmd_proxy_delete = _request("DELETE", "/proxies/{name}", "Deleted proxy {name}")
+cmd_toxic_remove = _request("DELETE", "/proxies/{proxy}/toxics/{name}",
+                            "Removed toxic '{name}' on proxy '{proxy}'")
+cmd_toxic_list = _request("GET", "/proxies/{proxy}/toxics")
+cmd_schedule_list = _request("GET", "/schedules")
+cmd_schedule_show = _request("GET", "/schedules/{id}")
+cmd_schedule_stop = _request("DELETE", "/schedules/{id}", "Stopped schedule {id}")
 
 
 def cmd_proxy_enable(args: argparse.Namespace) -> int:
@@ -171,17 +186,6 @@ def cmd_toxic_update(args: argparse.Namespace) -> int:
     if args.toxicity is not None:
         body["toxicity"] = args.toxicity
     _print(_client(args).call("POST", f"/proxies/{args.proxy}/toxics/{args.name}", body))
-    return 0
-
-
-def cmd_toxic_remove(args: argparse.Namespace) -> int:
-    _client(args).call("DELETE", f"/proxies/{args.proxy}/toxics/{args.name}")
-    print(f"Removed toxic '{args.name}' on proxy '{args.proxy}'")
-    return 0
-
-
-def cmd_toxic_list(args: argparse.Namespace) -> int:
-    _print(_client(args).call("GET", f"/proxies/{args.proxy}/toxics"))
     return 0
 
 
@@ -255,22 +259,6 @@ def cmd_schedule_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schedule_list(args: argparse.Namespace) -> int:
-    _print(_client(args).call("GET", "/schedules"))
-    return 0
-
-
-def cmd_schedule_show(args: argparse.Namespace) -> int:
-    _print(_client(args).call("GET", f"/schedules/{args.id}"))
-    return 0
-
-
-def cmd_schedule_stop(args: argparse.Namespace) -> int:
-    _client(args).call("DELETE", f"/schedules/{args.id}")
-    print(f"Stopped schedule {args.id}")
-    return 0
-
-
 def cmd_netns(args: argparse.Namespace) -> int:
     from simulators.wan import netns
 
@@ -314,8 +302,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     wan.add_argument("--server", default=os.environ.get("OUTPOST_WAN_API", DEFAULT_SERVER),
                      help="control API of a running simulator (default %(default)s)")
-    commands = wan.add_subparsers(dest="wan_command", metavar="COMMAND")
-    commands.required = True
+    commands = subcommands(wan, "wan_command", "COMMAND")
 
     serve = commands.add_parser("serve", help="run the simulator and its control API")
     serve.add_argument("--api", default="127.0.0.1:8474", help="API listen address")
@@ -328,8 +315,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     proxy = commands.add_parser("proxy", help="create, list, enable, disable, delete proxies")
-    proxy_cmds = proxy.add_subparsers(dest="proxy_command", metavar="ACTION")
-    proxy_cmds.required = True
+    proxy_cmds = subcommands(proxy, "proxy_command")
     add = proxy_cmds.add_parser("add", help="create a proxy")
     add.add_argument("name")
     add.add_argument("--listen", "-l", default="127.0.0.1:0")
@@ -350,8 +336,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         sub.set_defaults(func=_wrap(cmd_proxy_enable), enabled=enabled)
 
     toxic = commands.add_parser("toxic", help="add, update, remove toxics")
-    toxic_cmds = toxic.add_subparsers(dest="toxic_command", metavar="ACTION")
-    toxic_cmds.required = True
+    toxic_cmds = subcommands(toxic, "toxic_command")
     tadd = toxic_cmds.add_parser("add", help="add a toxic to a proxy")
     tadd.add_argument("proxy")
     tadd.add_argument("--type", "-t", required=True)
@@ -391,8 +376,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     events.set_defaults(func=_wrap(cmd_events))
 
     sched = commands.add_parser("schedule", help="run seeded fault schedules on the server")
-    sched_cmds = sched.add_subparsers(dest="schedule_command", metavar="ACTION")
-    sched_cmds.required = True
+    sched_cmds = subcommands(sched, "schedule_command")
     srun = sched_cmds.add_parser("run", help="start a schedule file on the server")
     srun.add_argument("file")
     srun.add_argument("--seed", type=int)
@@ -412,8 +396,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     names.add_argument("--site", default="outpost-site", help="site namespace")
     names.add_argument("--primary", default="outpost-primary", help="primary namespace")
     names.add_argument("--prefix", default="10.213.0", help="first three octets of the /30")
-    ns_cmds = ns.add_subparsers(dest="netns_command", metavar="ACTION")
-    ns_cmds.required = True
+    ns_cmds = subcommands(ns, "netns_command")
     ns_cmds.add_parser("up", parents=[names], help="create both namespaces and the veth pair")
     cut = ns_cmds.add_parser("cut", parents=[names], help="hard-cut the link")
     cut.add_argument("--how", choices=("link", "blackhole"), default="link")
