@@ -170,11 +170,10 @@ class MfdLpdProtocol(protocol.Protocol):
     def _complete_if_whole(self) -> None:
         receipt = self.receipt
         assert receipt is not None
-        documents = receipt.whole()
-        if documents is None:
+        whole = receipt.whole()
+        if whole is None:
             return
-        control = receipt.control
-        assert control is not None
+        control, documents = whole
         for spec in documents:
             file = receipt.files.pop(spec.filename)
             try:

@@ -59,15 +59,15 @@ class Receipt(Generic[D]):
         self.files[name] = document
         return document
 
-    def whole(self) -> list[Document] | None:
-        """The documents to print once the control file and every data file it prints
-        are here (take each with `files.pop(spec.filename)`); None until then."""
+    def whole(self) -> tuple[ControlFile, list[Document]] | None:
+        """The control file and the documents it prints, once every data file it prints
+        is here (take each with `files.pop(spec.filename)`); None until then."""
         if self.control is None:
             return None
         documents = self.control.documents()
         if any(d.filename not in self.files for d in documents):
             return None
-        return documents
+        return self.control, documents
 
     @property
     def started(self) -> bool:

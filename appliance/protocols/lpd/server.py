@@ -301,11 +301,10 @@ class LpdServerProtocol(protocol.Protocol, TimeoutMixin):
         """Submit the job once its control file and every data file it prints are here."""
         receipt = self._receipt
         assert receipt is not None
-        documents = receipt.whole()
-        if documents is None:
+        whole = receipt.whole()
+        if whole is None:
             return
-        control = receipt.control
-        assert control is not None
+        control, documents = whole
         owner = control.user or ""
         done: list[Job] = []
         try:
