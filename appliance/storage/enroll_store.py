@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from .database import Database, connect, migrate
+from .sync_store import record_peer_sync
 
 T = TypeVar("T")
 
@@ -123,6 +124,9 @@ def _record_certificate(db: sqlite_utils.Database, site: str, spki: str, now: fl
 def _issue_for_request(db: sqlite_utils.Database, token_id: str, site: str, spki: str,
                        now: float, signer: Signer) -> tuple[str, str]:
     serial, cert_pem, _ = _record_certificate(db, site, spki, now, "enroll", signer)
+    # Enrollment issues `site` certificates: from now on a relay claiming this name as its
+    # origin is refused, not held (docs/providers.md, "Identities").
+    record_peer_sync(db, site, "site", now)
     db.execute("UPDATE enroll_requests SET status = 'issued', serial = ?, "
                "decided_at = COALESCE(decided_at, ?) WHERE token_id = ?",
                (serial, now, token_id))

@@ -171,3 +171,22 @@ async def test_a_site_relays_for_a_known_provider_and_its_own_name_is_refused(w:
     (q,) = answer["quarantined"]
     assert q["reason"] == "invalid relay event: origin: the name of another appliance"
     assert w.primary.count("SELECT origin = 'p7' FROM ledger") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_enrolled_as_a_site_is_refused_as_an_origin_before_it_connects(w: World):
+    from appliance.storage.enroll_store import create_token_sync, ensure_schema_sync, redeem_sync
+
+    def enroll(db: Any) -> tuple[str, ...]:
+        ensure_schema_sync(db)
+        create_token_sync(db, "t1", "digest", "branch-9", 100.0, 200.0)
+        return redeem_sync(db, "t1", "digest", "spki", 150.0, False,
+                           lambda now: ("0a", "PEM", now + 3600))
+
+    assert w.primary.database.run_sync(enroll) == ("issued", "PEM")
+    assert _kinds(w) == {("branch-9", "site")}
+    answer = await _post(w.primary.api, "events", Identity("site", "branch"),
+                         _batch("branch", _relay(1, "branch", "branch-9")))
+    assert answer["quarantined"][0]["reason"].startswith(
+        "invalid relay event: origin 'branch-9' is a site, not a provider")
+    assert w.primary.count(HELD) == 0 and w.primary.count("SELECT COUNT(*) FROM ledger") == 0
