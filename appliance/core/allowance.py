@@ -156,8 +156,9 @@ class OfflineGate:
 
     `store` is an `AllowanceStore`: `position(account_id)` answers the policy and the
     position in one transaction (None when the site is not offline or has no policy).
-    `offline` is the link mode's word (`core/mode.py`); while it says online, nothing is
-    read and online rules apply unchanged (no database round trip on the online path).
+    `offline` is the link mode's word (`core/mode.py`); while it says online, `check`,
+    `units` and `unknown_user_account` read nothing and answer "as online"; the one
+    online rule is `reserved_elsewhere` (read only at a site with an uplink).
     """
 
     def __init__(self, store: Any, offline: Callable[[], bool] | None = None) -> None:
@@ -217,7 +218,7 @@ class OfflineGate:
         if state is None:
             return None
         policy, position = state
-        held = self._held.get(account_id, 0)
+        held = self._held.get(account_id, 0)   # releases allowed, not yet charged
         fit = affordable_units(position, policy, per_unit, wanted) if not held else (
             wanted if per_unit <= 0 else
             max(0, min(wanted, (position.headroom(policy) - held) // per_unit)))
