@@ -500,3 +500,43 @@ async def test_a_lost_answer_leaves_the_site_with_no_grant_never_a_released_one(
             "the site holds exactly what the primary reserves; the lost answer's is released")
     finally:
         close(site, primary)
+
+
+@pytest_twisted.ensureDeferred
+async def test_outage_overspend_counts_each_offline_event_once(tmp_path):
+    """The outage report's overspend is the `offline.over` of newly applied events: a
+    replayed batch (duplicates) and a forged body under a known id (quarantined) add
+    nothing."""
+    from tests.unit.sync_helpers import push_raw
+
+    clock = task.Clock()
+    primary = make_primary(tmp_path, clock)
+
+    def event(seq, entry, over, amount=-50):
+        return {"seq": seq, "event_id": f"site-a/{entry}", "kind": "ledger", "body": {
+            "entry_id": entry, "account": "user:alice", "account_kind": "personal",
+            "amount": amount, "kind": "charge", "source": "copy", "job_uuid": None,
+            "device": "mfd1", "impressions": 5, "colour": 0,
+            "body": {"pages": 5, "offline": {"grant": "site-a/1", "over": over}},
+            "created_at": 1.0}}
+
+    try:
+        status, _ = await primary.api.handle(
+            "POST", "/sync/v1/heartbeat", "", json.dumps({
+                "site": "site-a", "mode": "online", "outbox": 2, "pull_token": None,
+                "outage": {"started_at": 1.0, "ended_at": 9.0}}).encode(),
+            Identity("site", "site-a"))
+        assert status == 200
+        batch = {"site": "site-a", "batch_id": "b1",
+                 "events": [event(1, "usage:1", 0), event(2, "usage:2", 30)]}
+        for _ in range(2):   # the second is a replay: duplicates
+            status, answer = await push_raw(primary, "site-a", batch)
+            assert status == 200
+        forged = {"site": "site-a", "batch_id": "b2",
+                  "events": [event(2, "usage:2", 45, amount=-65)]}
+        status, answer = await push_raw(primary, "site-a", forged)
+        assert status == 200 and len(answer["quarantined"]) == 1
+        overspend = primary.count("SELECT overspend FROM outage_reports WHERE site = 'site-a'")
+        assert overspend == 30
+    finally:
+        close(primary)
