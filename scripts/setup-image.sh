@@ -15,6 +15,12 @@ declare -A PROBES=(
   [e2fsprogs]=/usr/sbin/mkfs.ext4
   [fdisk]=/usr/sbin/sfdisk
   [cups-ipp-utils]=/usr/bin/ipptool
+  # The Vagrant lab's libvirt (scripts/lab-libvirt.sh starts it without systemd) and the
+  # Ansible VM test's SSH client.
+  [libvirt-daemon-system]=/usr/sbin/libvirtd
+  [libvirt-clients]=/usr/bin/virsh
+  [dnsmasq-base]=/usr/sbin/dnsmasq
+  [openssh-client]=/usr/bin/ssh
   [vagrant]=/usr/bin/vagrant
   [vagrant-libvirt]=/usr/share/rubygems-integration/all/specifications/vagrant-libvirt-0.11.2.gemspec
 )
