@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test test-unit test-integration lint typecheck bench clean
-.PHONY: setup-image image test-image box
+.PHONY: setup-image image test-image box plain-image
 
 setup: $(STAMP)
 	@bash scripts/setup-debian.sh
@@ -43,15 +43,17 @@ image: setup setup-image
 	bash image/build.sh
 
 # Builds the image, boots it under QEMU, checks IPP and a clean power-off; vagrant validate.
-test-image: image
+test-image: image plain-image
 	$(PY) -m pytest -q -s -p no:cacheprovider -m image tests/image
 	@cat image/out/measurements.json
 
-box:
-	@echo "make box: not yet. A Vagrant box needs an image variant with openssh-server and the" >&2
-	@echo "vagrant user (insecure key, passwordless sudo), which image/build.sh does not make yet;" >&2
-	@echo "the appliance image itself has no SSH on purpose. See README, 'Vagrant lab'." >&2
-	@exit 1
+# The plain lab VM (Debian 12, sshd, python3, sudo; no Outpost): image/out/plain/debian12.qcow2.
+plain-image: setup-image
+	bash image/build-plain.sh
+
+# The Vagrant box outpost/debian12 (libvirt) from the plain image, added to vagrant.
+box: setup-image
+	bash scripts/make_box.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
