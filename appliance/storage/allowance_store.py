@@ -113,8 +113,10 @@ def reserved_elsewhere_sync(db: sqlite_utils.Database, account_id: int) -> int:
     offline, policy = _site_policy_sync(db)
     if offline or policy is None:
         return 0
+    # The latest grant, superseded or not: while a renewal is in flight the other sites'
+    # reserves are still there.
     row = _one(db, "SELECT g.elsewhere FROM offline_grants g JOIN accounts a "
-                   "ON a.name = g.account WHERE a.id = ? AND g.state = 'active' "
+                   "ON a.name = g.account WHERE a.id = ? "
                    "ORDER BY g.received_at DESC LIMIT 1", (account_id,))
     return 0 if row is None else int(row["elsewhere"])
 
