@@ -171,6 +171,14 @@ def ipp_status(queue: str, operation: Operation, user: str, data: bytes | None =
     return answer.code, str(answer.get(GroupTag.OPERATION, "status-message"))
 
 
+def printer_state(queue: str) -> tuple[str, bool]:
+    """(printer-state-reasons, printer-is-accepting-jobs) of a queue."""
+    answer = send(queue, codec.request(Operation.GET_PRINTER_ATTRIBUTES, 8, queue, user="x"))
+    assert answer.code == Status.SUCCESSFUL_OK
+    return (str(answer.get(GroupTag.PRINTER, "printer-state-reasons")),
+            bool(answer.get(GroupTag.PRINTER, "printer-is-accepting-jobs")))
+
+
 def test_a_site_with_a_full_disk_refuses_new_work_clearly_and_loses_nothing(tiny_fs, tmp_path):
     state = tiny_fs / "state"
     ipp_port, api_port = free_port(), free_port()
@@ -199,8 +207,11 @@ def test_a_site_with_a_full_disk_refuses_new_work_clearly_and_loses_nothing(tiny
         (spooled,) = [p for p in (state / "spool").iterdir() if p.is_file()]
         digest = hashlib.sha256(spooled.read_bytes()).hexdigest()
 
+        assert printer_state(queue) == ("none", True)
         filler = fill(tiny_fs)
-        # IPP: Print-Job and Create-Job are refused, temporarily, saying why.
+        # IPP: the queue says so (RFC 8011 'spool-area-full'), and Print-Job and
+        # Create-Job are refused, temporarily, saying why.
+        assert printer_state(queue) == ("spool-area-full", False)
         with pytest.raises(PrintRefused) as refused:
             print_file(queue, "alice", pdf, document_format="application/pdf")
         assert refused.value.status == Status.SERVER_ERROR_TEMPORARY_ERROR
@@ -220,6 +231,7 @@ def test_a_site_with_a_full_disk_refuses_new_work_clearly_and_loses_nothing(tiny
         assert api(api_port, "jobs", None, token, method="GET")[1]["jobs"][0]["id"] == held
 
         filler.unlink()                 # space returns: accepted again, nothing latched
+        assert printer_state(queue) == ("none", True)
         again = print_file(queue, "alice", pdf, document_format="application/pdf")
         assert api(api_port, "usage", {"id": "during", **usage}, token)[0] == 200
         assert sorted(r[0] for r in query(db, "SELECT id FROM jobs")) == sorted([held, again])

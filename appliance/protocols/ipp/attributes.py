@@ -152,6 +152,9 @@ class PrinterContext:
     extra: dict[str, Attribute] = field(default_factory=dict)
     #: uri-authentication-supported: 'requesting-user-name' or 'basic'.
     authentication: str = "requesting-user-name"
+    #: The disk is full (or below `[jobs] min_free_mb`): RFC 8011's 'spool-area-full'
+    #: reason ("temporarily unable to accept more Jobs"), not accepting jobs meanwhile.
+    spool_full: bool = False
 
 
 def _media_col(media: MediaSize) -> dict[str, Attribute]:
@@ -198,10 +201,12 @@ def printer_attributes(ctx: PrinterContext) -> dict[str, Attribute]:
              "MFG:Outpost;MDL:" + ("Find-Me" if findme else "Direct") +
              ";CMD:PDF,PS,PCLXL,PWGRaster,URF;CLS:PRINTER;"),
         attr("printer-state", ValueTag.ENUM, int(PrinterState.IDLE)),
-        attr("printer-state-reasons", ValueTag.KEYWORD, "none"),
+        attr("printer-state-reasons", ValueTag.KEYWORD,
+             "spool-area-full" if ctx.spool_full else "none"),
         attr("printer-state-message", ValueTag.TEXT,
-             "Holding jobs for release" if findme else "Ready"),
-        attr("printer-is-accepting-jobs", ValueTag.BOOLEAN, True),
+             "The print server's disk is full: no new jobs for now" if ctx.spool_full
+             else "Holding jobs for release" if findme else "Ready"),
+        attr("printer-is-accepting-jobs", ValueTag.BOOLEAN, not ctx.spool_full),
         attr("queued-job-count", ValueTag.INTEGER, max(0, ctx.queued_job_count)),
         attr("printer-up-time", ValueTag.INTEGER, max(1, ctx.up_time)),
         attr("printer-current-time", ValueTag.DATE_TIME, _date(ctx.now)),

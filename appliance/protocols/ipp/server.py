@@ -820,6 +820,13 @@ class IppPrinterResource(resource.Resource):
             self._add_job(reply, table, list(table))
         return reply
 
+    def _spool_full(self) -> bool:
+        try:
+            self.service.spool.check_free()
+        except DiskFull:
+            return True
+        return False
+
     async def _get_printer_attributes(self, call: _Call) -> Message:
         self._require_printer_uri(call)
         requested = _requested(call)
@@ -831,6 +838,7 @@ class IppPrinterResource(resource.Resource):
             default_media=self.default_media, max_document=self.max_document,
             authentication=(self.authenticator.mode_for(call.queue.name)
                             if self.authenticator is not None else "requesting-user-name"),
+            spool_full=self._spool_full(),
         )
         table = tables.select_printer_attributes(tables.printer_attributes(ctx), requested)
         reply = self._reply(call)
