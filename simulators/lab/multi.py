@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -478,9 +479,13 @@ class MultiLab:
             self._watch.stop()
         for daemon in self.daemons.values():
             daemon.stopping = True
-        for name, daemon in reversed(list(self.daemons.items())):
-            if name != PRIMARY_NAME:
-                daemon.stop()
+        # Sites and providers first, all at once (each waits for its own), the primary last.
+        others = [d for name, d in self.daemons.items() if name != PRIMARY_NAME]
+        for daemon in others:
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon._signal_group(signal.SIGTERM)
+        for daemon in others:
+            daemon.stop()
         if PRIMARY_NAME in self.daemons:
             self.daemons[PRIMARY_NAME].stop()
         if self.wan is not None:

@@ -280,16 +280,16 @@ class Scenario:
 
 def wan_drop(d: Driver) -> None:
     """The link drops while a user waits at a panel for a release at site-1."""
-    warm = 80 + d.rng.randint(0, 20)
+    warm = 70 + d.rng.randint(0, 20)
     dropped = d.cut_during("site-1", "release", warm - 25)
     d.phase("warm", warm, Mix(BOTH))
     if not dropped():
         d.cut("site-1")
     d.wait_mode("site-1", "offline")
-    d.phase("outage", 140 + d.rng.randint(0, 20), Mix({"site-1": 0.8, "site-2": 0.2}))
+    d.phase("outage", 130 + d.rng.randint(0, 20), Mix({"site-1": 0.8, "site-2": 0.2}))
     d.heal("site-1")
     d.wait_mode("site-1", "online")
-    d.phase("after", 90, Mix(BOTH))
+    d.phase("after", 75, Mix(BOTH))
 
 
 def wan_flap(d: Driver) -> None:
@@ -308,7 +308,7 @@ def wan_flap(d: Driver) -> None:
             d.heal("site-2")
     d.heal("site-1")
     d.wait_mode("site-1", "online")
-    d.phase("after", 90, Mix(BOTH))
+    d.phase("after", 75, Mix(BOTH))
 
 
 def long_outage(d: Driver) -> None:
@@ -317,7 +317,7 @@ def long_outage(d: Driver) -> None:
         d.cut(site)
     for site in SITES:
         d.wait_mode(site, "offline")
-    d.phase("outage", 240 + d.rng.randint(0, 20), Mix(BOTH, print=0.3, release=0.25))
+    d.phase("outage", 220 + d.rng.randint(0, 20), Mix(BOTH, print=0.3, release=0.25))
     for site in SITES:
         d.heal(site)
     for site in SITES:
@@ -330,14 +330,14 @@ def kill_site(d: Driver) -> None:
     d.at_step(d.next_step + d.rng.randint(40, 120), lambda: d.kill("site-2", delay=0.05))
     d.at_step(d.next_step + d.rng.randint(130, 190), lambda: d.kill("site-1", delay=0.02))
     d.phase("busy", 200, Mix(BOTH))
-    d.phase("after", 50, Mix(BOTH))
+    d.phase("after", 35, Mix(BOTH))
 
 
 def kill_primary(d: Driver) -> None:
     d.phase("warm", 80, Mix(BOTH))
     d.at_step(d.next_step + d.rng.randint(60, 140), lambda: d.kill("primary"))
     d.phase("busy", 200, Mix(BOTH))
-    d.phase("after", 50, Mix(BOTH))
+    d.phase("after", 35, Mix(BOTH))
 
 
 SPENDER = "judy"
@@ -375,7 +375,7 @@ def promote_provider(d: Driver) -> None:
     d.heal(PROVIDER)
     d.phase("back", 40, Mix(everywhere, print=0.45, release=0.0))
     d.promote(PROVIDER)
-    d.phase("promoted", 110, Mix(everywhere, print=0.15, release=0.35))
+    d.phase("promoted", 100, Mix(everywhere, print=0.15, release=0.35))
 
 
 def promote_provider_check(d: Driver) -> list[str]:

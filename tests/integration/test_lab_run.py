@@ -14,7 +14,9 @@ import pytest
 
 from simulators.lab.runner import ROOT
 
-pytestmark = pytest.mark.integration
+# The fixture runs every scenario (about 5 minutes here, more on a machine busy with
+# other work): the per-test default of 600 s is not a limit on the whole set.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 SEED = 1
 WAN = {"wan-drop", "wan-flap", "partition-double-spend", "long-outage"}
