@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Outpost appliance image: image/out/outpost.qcow2 (UEFI, GPT, systemd-boot,
-# ext4 root, serial console). Sources: Debian packages (mmdebstrap) and PyPI (the
-# wheels of Outpost's dependencies); Outpost itself is a wheel built from this tree.
+# ext4 root, serial console, a LUKS2 state partition formatted on first boot). Sources:
+# Debian packages (mmdebstrap) and PyPI (the wheels of Outpost's dependencies); Outpost
+# itself is a wheel built from this tree.
 #
 #   stage 1  mmdebstrap -> out/cache/base-<key>.tar   (cached: key = packages.txt + this
 #            script's stage-1 settings; delete the file or FRESH=1 to rebuild)
@@ -13,7 +14,14 @@
 # serves when the base is built; MIRROR=http://snapshot.debian.org/archive/debian/<ts>
 # pins it where snapshot.debian.org is reachable (not from the build machines here).
 # Needs root (chroot, file ownership). Environment: OUT (default image/out), FRESH=1,
-# MIRROR, SECURITY_MIRROR, ROOT_FREE_MB (free space on the root filesystem, default 768).
+# MIRROR, SECURITY_MIRROR, ROOT_FREE_MB (free space on the root filesystem, default 768),
+# STATE_MB (the state partition, default 1024).
+#
+# Disk: 1 ESP (systemd-boot, kernel, initrd), 2 root (ext4, no secrets), 3 outpost-state:
+# left empty here (zeros, so it costs nothing in the qcow2); on first boot
+# outpost-state.service (appliance/state_partition.py) formats it as LUKS2, binds it to the
+# TPM2 (or a key from the seed), makes an ext4 inside and, on every boot, unlocks it before
+# /var/lib/outpost and /var/lib/outpost-secrets (bind mounts from it, see fstab) are mounted.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +35,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 ROOT_FREE_MB=${ROOT_FREE_MB:-768}
 ESP_MB=128
+STATE_MB=${STATE_MB:-1024}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 
 # Fixed identities, so that two builds of one tree give one image. (A fleet of appliances
@@ -35,9 +44,14 @@ DISK_UUID=6f757470-6f73-4000-8000-000000000001
 ESP_PARTUUID=6f757470-6f73-4000-8000-000000000002
 ROOT_PARTUUID=6f757470-6f73-4000-8000-000000000003
 ROOT_FSUUID=6f757470-6f73-4000-8000-000000000004
+# Must match appliance/state_partition.py (STATE_PARTUUID).
+STATE_PARTUUID=6f757470-6f73-4000-8000-000000000005
 ESP_VOLID=0f057057
 GPT_ESP=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
 GPT_ROOT_X86_64=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709
+# Plain "Linux filesystem data", not the discoverable /var type: systemd-gpt-auto-generator
+# must not try to mount it (it is LUKS, unlocked by outpost-state.service).
+GPT_LINUX_DATA=0FC63DAF-8483-4772-8E79-3D69D8477DE4
 
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export SOURCE_DATE_EPOCH
@@ -183,7 +197,15 @@ install_system() {
   systemd-tmpfiles --create --root="$ROOT" "$ROOT/usr/lib/tmpfiles.d/outpost.conf"
   systemctl --root="$ROOT" enable systemd-networkd.service systemd-resolved.service \
     systemd-timesyncd.service outpost-firstboot.service outpost-site.service \
-    outpost-primary.service
+    outpost-primary.service outpost-state.service
+  # The state partition: what the first boot puts in its new ext4 (appliance/state_partition.py,
+  # mkfs.ext4 -d), where a key lives when there is neither a TPM2 nor a key in the seed, and
+  # where it is mounted. /var/lib/outpost and /var/lib/outpost-secrets stay empty on the root
+  # filesystem: they are only mount points.
+  in_root install -d -m 0700 -o outpost -g outpost /usr/lib/outpost/state-template/outpost \
+    /usr/lib/outpost/state-template/outpost-secrets
+  install -d -m 0700 "$ROOT/etc/outpost-state"
+  install -d -m 0755 "$ROOT/var/lib/outpost-state"
   ln -sf ../run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
   install -D -m 0644 "$sd/udev/70-outpost-seed.rules" "$ROOT/usr/lib/udev/rules.d/70-outpost-seed.rules"
   # No apt lists in the image: the daily apt timers would only fail.
@@ -192,6 +214,15 @@ install_system() {
 # The root filesystem is named by PARTUUID on the kernel command line and mounted
 # read-only first, so that systemd-fsck-root checks it before it is remounted read-write.
 PARTUUID=$ROOT_PARTUUID / ext4 defaults,noatime,errors=remount-ro 0 1
+# The encrypted state (database, spool, card key): /dev/mapper/outpost-state is opened by
+# outpost-state.service, which also checks the filesystem (so no fsck pass here: systemd's
+# fsck would race the first boot's mkfs). nofail: a state partition that cannot be unlocked
+# leaves the system up with the console; the role units require these mounts
+# (RequiresMountsFor=, drop-ins in /usr/lib/systemd/system/outpost-*.service.d/), so no role
+# ever writes its state to the unencrypted root instead.
+/dev/mapper/outpost-state /var/lib/outpost-state ext4 noatime,nodev,nosuid,noexec,nofail,x-systemd.requires=outpost-state.service,x-systemd.device-timeout=600s 0 0
+/var/lib/outpost-state/outpost /var/lib/outpost none bind,nofail,x-systemd.requires-mounts-for=/var/lib/outpost-state 0 0
+/var/lib/outpost-state/outpost-secrets /var/lib/outpost-secrets none bind,nofail,x-systemd.requires-mounts-for=/var/lib/outpost-state 0 0
 EOF
   # The root account stays locked: the appliance is managed through its configuration.
   # First boot: an empty machine-id makes systemd generate one and run its presets.
@@ -238,7 +269,7 @@ make_root() {
 make_disk() {
   local root_mb total raw=$WORK/disk.raw
   root_mb=$(cat "$WORK/root.mb")
-  total=$((1 + ESP_MB + root_mb + 1))
+  total=$((1 + ESP_MB + root_mb + STATE_MB + 1))
   rm -f "$raw"
   truncate -s "${total}M" "$raw"
   sfdisk --quiet "$raw" <<EOF
@@ -246,6 +277,7 @@ label: gpt
 label-id: $DISK_UUID
 start=1MiB, size=${ESP_MB}MiB, type=$GPT_ESP, uuid=$ESP_PARTUUID, name="esp"
 start=$((1 + ESP_MB))MiB, size=${root_mb}MiB, type=$GPT_ROOT_X86_64, uuid=$ROOT_PARTUUID, name="outpost-root"
+start=$((1 + ESP_MB + root_mb))MiB, size=${STATE_MB}MiB, type=$GPT_LINUX_DATA, uuid=$STATE_PARTUUID, name="outpost-state"
 EOF
   dd if="$WORK/esp.img" of="$raw" bs=1M seek=1 conv=notrunc,sparse status=none
   dd if="$WORK/root.img" of="$raw" bs=1M seek=$((1 + ESP_MB)) conv=notrunc,sparse status=none

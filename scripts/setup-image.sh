@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make image`, `make test-image` and the Vagrant lab need, only when missing:
 # mmdebstrap (the Debian base), mkfs/mtools/sfdisk (the disk, without loop devices),
-# qemu + OVMF (booting it), ipptool (the test's IPP peer), vagrant + vagrant-libvirt.
+# qemu + OVMF (booting it), ipptool (the test's IPP peer), swtpm (the VMs' TPM2, which
+# unlocks the image's encrypted state partition), vagrant + vagrant-libvirt.
 # Kept apart from setup-debian.sh: these are large, and `make test` does not need them.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ declare -A PROBES=(
   [e2fsprogs]=/usr/sbin/mkfs.ext4
   [fdisk]=/usr/sbin/sfdisk
   [cups-ipp-utils]=/usr/bin/ipptool
+  [swtpm]=/usr/bin/swtpm
+  [swtpm-tools]=/usr/bin/swtpm_setup
   # The Vagrant lab's libvirt (scripts/lab-libvirt.sh starts it without systemd) and the
   # Ansible VM test's SSH client.
   [libvirt-daemon-system]=/usr/sbin/libvirtd
