@@ -111,10 +111,24 @@ build_base() {
 
 in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
 
+# The appliance's list (image/prune-modules.txt): sound, GPU, radios, ... Fewer modules for
+# udev to load at boot, which under emulation is much of the time to SSH.
+prune_modules() {
+  local kdir kver
+  for kdir in "$ROOT"/usr/lib/modules/*/; do
+    kver=$(basename "$kdir")
+    grep -v '^\s*#' "$HERE/prune-modules.txt" | grep -v '^\s*$' | while read -r sub; do
+      rm -rf "${kdir}kernel/$sub"
+    done
+    in_root depmod -a "$kver"
+  done
+}
+
 make_root_tree() {
   rm -rf "$ROOT"
   mkdir -p "$ROOT"
   tar -C "$ROOT" --numeric-owner -xpf "$BASE"
+  prune_modules
   cp -r --no-preserve=ownership "$PLAIN/rootfs/." "$ROOT/"
   chmod 0440 "$ROOT/etc/sudoers.d/vagrant"
   in_root useradd --create-home --shell /bin/bash --uid 1000 --user-group vagrant
