@@ -31,7 +31,7 @@ MACHINES = "primary,branch-1"
 PRIMARY_IP = "192.168.56.10"
 SITE_IP = "192.168.56.11"
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.image, pytest.mark.timeout(4200)]
 
 
 def record(**figures: object) -> None:
@@ -87,6 +87,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
+        if (tmp_path / "up.log").exists():
+            shutil.copy(tmp_path / "up.log", OUT / "last-vagrant-up.log")
         done = vagrant(env, "destroy", "-f", timeout=600)
         for name in MACHINES.split(","):
             serial = tmp_path / "serial" / f"outpost-vagrant-{name}.log"
@@ -98,7 +100,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_vagrant_up_gives_a_primary_and_a_serving_site(lab: dict[str, str],
                                                        tmp_path: Path) -> None:
     t0 = time.monotonic()
-    up = vagrant(lab, "up", "--provider=libvirt", "--no-parallel", log=tmp_path / "up.log")
+    up = vagrant(lab, "up", "--provider=libvirt", "--no-parallel", log=tmp_path / "up.log",
+                 timeout=float(os.environ.get("OUTPOST_VAGRANT_UP_TIMEOUT", "3000")))
     up_s = time.monotonic() - t0
     assert up.returncode == 0, up.stdout[-8000:]
     recap = {m.group(1): dict(re.findall(r"(\w+)=(\d+)", m.group(2)))
