@@ -36,4 +36,11 @@ rm -rf "$DEST/staging"
 echo "box: $BOX  $(du -m "$BOX" | cut -f1) MiB (disk ${gib} GiB), packaged in $(($(date +%s) - t0)) s"
 if [[ -z ${NO_ADD:-} ]]; then
   vagrant box add --force --name "$BOX_NAME" "$BOX"
+  # vagrant-libvirt copies a box into the storage pool on first use, under a name with the
+  # box's add time: the copies of earlier adds are stale.
+  if virsh -c qemu:///system pool-info default >/dev/null 2>&1; then
+    prefix=$(printf '%s' "$BOX_NAME" | sed 's,/,-VAGRANTSLASH-,')_vagrant_box_image_
+    virsh -c qemu:///system vol-list default | awk -v p="$prefix" 'index($1, p) == 1 {print $1}' |
+      while read -r vol; do virsh -c qemu:///system vol-delete --pool default "$vol" >/dev/null; done
+  fi
 fi
