@@ -93,6 +93,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, str]]:
             shutil.copy(tmp_path / "up.log", OUT / "last-vagrant-up.log")
         done = vagrant(env, "destroy", "-f", timeout=600)
         for name in MACHINES.split(","):
+            # vagrant-libvirt leaves the UEFI variable store behind (the Vagrantfile's path)
+            Path(f"/var/lib/libvirt/qemu/nvram/outpost-lab-{name}_VARS.fd").unlink(missing_ok=True)
             serial = tmp_path / "serial" / f"outpost-vagrant-{name}.log"
             if serial.exists():
                 shutil.copy(serial, OUT / f"last-vagrant-{name}-console.log")
