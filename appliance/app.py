@@ -140,20 +140,39 @@ class Site:
         self.database.close()
 
 
-def build_site(config: SiteConfig, reactor: Any) -> Site:
-    """Open the database (migrating it) and build every service of a site."""
-    from appliance.protocols.ipp.server import build_ipp_root
-
+def open_database(config: SiteConfig, reactor: Any) -> Database:
+    """The role's database, opened (and migrated) in its state directory."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     database = Database(config.database_path, reactor)
     database.open()
+    return database
+
+
+def build_site(config: SiteConfig, reactor: Any) -> Site:
+    """Open the database (migrating it) and build every service of a site."""
+    database = open_database(config, reactor)
     devices = devices_from(config)
     database.run_sync(lambda db: configure_sync(db, devices, config.cost_policies))
     # Every local ledger row now also enters the outbox (migration 0003's trigger).
     database.run_sync(lambda db: declare_role_sync(db, "site", config.name))
+    uplink, renewal = _uplink(config, reactor, database)
+    return build_serving(config, reactor, database, sync=uplink, renewal=renewal,
+                         relay=_relay(config, reactor, database))
+
+
+def build_serving(config: SiteConfig, reactor: Any, database: Database, *, sync: Any = None,
+                  renewal: Any = None, relay: Any = None) -> Site:
+    """The serving part of any role, on its open database: the IPP/LPD queues (findme and
+    one direct queue per device), the device API, release to the configured MFDs and
+    accounting into the local ledger. A site (and a provider) adds its uplink; the primary
+    (roles/primary.py) has none, and its ledger is the authoritative one. What a ledger
+    row triggers (outbox at a site, change log at the primary) is the role's, in the
+    database (migration 0003)."""
+    from appliance.protocols.ipp.server import build_ipp_root
+
+    devices = devices_from(config)
     store = SiteStore(database)
     by_name = {d.name: d for d in devices}
-    uplink, renewal = _uplink(config, reactor, database)
 
     def policy_for(device: str | None) -> CostPolicy:
         name = by_name[device].cost_policy if device in by_name else "default"
@@ -196,10 +215,10 @@ def build_site(config: SiteConfig, reactor: Any) -> Site:
                 jobs=jobs, release=release, auth=auth, accounting=accounting,
                 ipp_client=ipp_client, ipp_root=build_ipp_root(
                     jobs, authenticator=_queue_authenticator(config, auth)),
-                device_api=device_api, relay=_relay(config, reactor, database),
+                device_api=device_api, relay=relay,
                 monitor=monitor, snmp_poller=snmp_poller,
                 ipp_watcher=_ipp_watcher(config, reactor, ipp_client, monitor),
-                sync=uplink, renewal=renewal)
+                sync=sync, renewal=renewal)
 
 
 def _identity_options(config: SiteConfig, reactor: Any, database: Database) -> dict[str, Any]:

@@ -1,7 +1,13 @@
 """The primary: master data, the authoritative ledger, and the sync API sites talk to.
 
-Its database has the site-core tables too (one schema for every role), so that it can
-serve MFDs and queues directly later; for now it serves sync only. Master data enter
+Its database has the site-core tables too (one schema for every role). When its
+configuration lists devices (`[[devices]]`), it also serves MFDs and queues directly, as
+a site does: the same serving part (`app.build_serving`: IPP/LPD queues, device API,
+release, accounting) on its own database, listening on its `[ipp]`, `[device_api]` and
+`[lpd]` ports. Its charges go straight into the authoritative ledger; the ledger's
+change-log trigger (migration 0003) carries them to the sites as `<primary>/<entry id>`,
+and the site-side outbox triggers are guarded by role 'site', so nothing accumulates in
+its outbox. Without devices it serves sync only. Master data enter
 through its tables (`outpost users import` against the primary's configuration, and
 the devices and cost policies of its configuration); the migration's triggers put
 every change into the change log that sites pull.
@@ -36,6 +42,8 @@ class Primary:
     api: SyncApi
     ports: dict[str, Any] = field(default_factory=dict)
     enrollment: Any = None   # core.enrollment.PrimaryEnrollment, with an [enroll] section
+    #: Its own queues, device API and MFDs (an app.Site without uplink), with [[devices]].
+    serving: Any = None
 
     def listen(self) -> dict[str, int]:
         listen = self.config.sync
@@ -54,23 +62,24 @@ class Primary:
         return {name: p.getHost().port for name, p in self.ports.items()}
 
     async def start(self) -> dict[str, int]:
-        return self.listen()
+        served = await self.serving.start() if self.serving is not None else {}
+        return {**served, **self.listen()}
 
     async def stop(self) -> None:
         for port in self.ports.values():
             await port.stopListening()
+        if self.serving is not None:
+            await self.serving.stop()   # closes the shared database too
         self.database.close()
 
 
 def build_primary(config: SiteConfig, reactor: Any) -> Primary:
     """Open (migrating) the primary's database, declare its role, build the sync API."""
-    from appliance.app import devices_from
+    from appliance.app import build_serving, devices_from, open_database
 
     if config.role != "primary" or config.sync is None:
         raise ValueError("build_primary needs role 'primary' with a [sync] section")
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    database = Database(config.database_path, reactor)
-    database.open()
+    database: Database = open_database(config, reactor)
 
     def prepare(db: Any) -> None:
         declare_role_sync(db, "primary", config.name)
@@ -92,4 +101,7 @@ def build_primary(config: SiteConfig, reactor: Any) -> Primary:
         from appliance.roles.enroll_listen import build_enrollment
 
         primary.enrollment = build_enrollment(config, database, reactor)
+    if config.devices:
+        # Serving MFDs and queues directly, as a site does, charging this very ledger.
+        primary.serving = build_serving(config, reactor, database)
     return primary

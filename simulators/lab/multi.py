@@ -212,9 +212,11 @@ class MultiLab:
             f"push_batch_size = {p.push_batch_size}", "",
         ]
 
-    def _primary_config(self, ports: dict[str, int], pki: Path) -> Path:
+    def _primary_config(self, ports: dict[str, int], pki: Path,
+                        mfds: list[dict[str, Any]]) -> Path:
         base = self.dir / PRIMARY_NAME
-        lines = self._common("primary", PRIMARY_NAME, base, ports)
+        # The primary serves its own MFD too (roles/primary.py: with [[devices]]).
+        lines = self._common("primary", PRIMARY_NAME, base, ports) + _devices(mfds)
         lines += ["[sync]", 'host = "127.0.0.1"', f"port = {ports['sync']}",
                   f"ca_file = {_toml_str(pki / 'ca.crt')}",
                   f"cert_file = {_toml_str(pki / f'{PRIMARY_NAME}.crt')}",
@@ -368,7 +370,8 @@ class MultiLab:
         ports = self._ports()
         pki = self._pki()
         primary_ports = ports[PRIMARY_NAME]
-        primary_config = self._primary_config(primary_ports, pki)
+        primary_mfds = self._start_mfds("pr", 1)
+        primary_config = self._primary_config(primary_ports, pki, primary_mfds)
         users = self._import_users(primary_config)
         primary = self._daemon(PRIMARY_NAME, primary_config)
         primary.start()
@@ -414,7 +417,7 @@ class MultiLab:
         self._watch = task.LoopingCall(self.check)
         self._watch.clock = self.reactor
         self._watch.start(0.5, now=False)
-        wanted = [primary_ports["sync"]]
+        wanted = [primary_ports[k] for k in ("sync", "ipp", "device_api", "lpd")]
         for site in sites:
             wanted += [site["ipp_port"], site["device_api_port"], site["lpd_port"]]
             if providers:
@@ -429,10 +432,14 @@ class MultiLab:
         primary_entry = {
             "name": PRIMARY_NAME, "pid": primary.pid,
             "sync": f"https://127.0.0.1:{primary_ports['sync']}/sync/v1/",
-            # The primary serves MFDs and queues once its role does; until then these
-            # ports are configured but not served.
+            # The primary serves its own MFD and queues, as a site does.
             "ipp": f"ipp://127.0.0.1:{primary_ports['ipp']}/printers/findme",
             "device_api": f"http://127.0.0.1:{primary_ports['device_api']}/api/v1",
+            "ipp_port": primary_ports["ipp"], "device_api_port": primary_ports["device_api"],
+            "lpd": f"lpd://127.0.0.1:{primary_ports['lpd']}/findme",
+            "lpd_port": primary_ports["lpd"],
+            "mfds": [{**m, "queue": f"ipp://127.0.0.1:{primary_ports['ipp']}/printers/"
+                                    f"{m['name']}"} for m in primary_mfds],
             "state_dir": str(self.dir / PRIMARY_NAME / "state"),
             "config": str(primary_config),
         }
