@@ -155,6 +155,8 @@ class AuthService:
             identity_key = f"card:{lookup}"
             self._check_throttle(device, identity_key)
             found = await self.store.user_by_card(lookup)
+            # An unknown card is refused also offline under `unknown_users = "account"`:
+            # it names nobody (docs/offline-allowance.md, "Refusals").
             if c.pin is None:
                 if found is None:
                     return self._fail(device, identity_key)

@@ -442,6 +442,29 @@ async def test_unknown_users_offline_are_refused_or_charged_to_the_offline_accou
         ("site:offline", -30, {"grant": None, "over": 0})]
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_card_at_a_panel_offline_is_refused_even_under_account(site, tmp_path):
+    """`unknown_users = "account"` covers direct-queue jobs (they name their owner); a card
+    the replica does not know names nobody, so its panel login stays refused (and counts
+    against the throttle): no session charging the unlimited offline account."""
+    from appliance.core.auth import AuthError, AuthService, Credentials
+    from appliance.core.credentials import CardKey, SessionTable, Throttle, password_hasher
+
+    site.go_offline(OfflinePolicy("deny", unknown_users="account",
+                                  offline_account="site:offline"), 0)
+    auth = AuthService(store=site.store, card_key=CardKey.load_or_create(tmp_path / "card.key"),
+                       hasher=password_hasher(1, 8192), sessions=SessionTable(),
+                       throttle=Throttle())
+    with pytest.raises(AuthError) as refused:
+        await auth.login("mfd-1", Credentials(card="0099887766"))
+    assert refused.value.code == "invalid_credentials"
+    assert auth.sessions._sessions == {}
+    rows = site.database.run_sync(lambda db: db.conn.execute(
+        "SELECT COUNT(*) FROM ledger l JOIN accounts a ON a.id = l.account_id "
+        "WHERE a.name = 'site:offline'").fetchone()[0])
+    assert rows == 0
+
+
 # ---------------------------------------------------------------- both, over the wire
 
 
