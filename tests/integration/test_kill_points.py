@@ -17,8 +17,11 @@ once; `N` is the hit on which the armed process kills itself (`name=kill@N`). On
 processes serves every point: for each point the target is restarted armed (as systemd
 or the lab restarts a dead daemon), charges are reported through the device API (as an
 MFD does: an unanswered usage report is sent again with the same id, after the site is
-back) until the target dies at its point. The seed comes from `OUTPOST_KILL_SEED`
-(default 5) and is named in every assertion message.
+back) until the target dies at its point. Some site `db.after_commit` points are
+"quiet" (primary stopped, long heartbeat: see `plan`), so that the kill lands between a
+charge's commit and its answer; the test requires at least one such charge (answered
+`duplicate: true` when the panel sends it again). The seed comes from
+`OUTPOST_KILL_SEED` (default 5) and is named in every assertion message.
 """
 
 from __future__ import annotations
@@ -56,16 +59,31 @@ POINTS_PER_PROCESS = 20
 MAX_CHARGES_PER_POINT = 40
 
 
-def plan(seed: int) -> list[tuple[str, str, int]]:
-    """(process, failpoint, N) for 20 site points then 20 primary points; every failpoint
-    of each process at least once, the rest drawn at random, each group shuffled."""
+def plan(seed: int) -> list[tuple[str, str, int, bool]]:
+    """(process, failpoint, N, primary stopped) for 20 site points then 20 primary points;
+    every failpoint of each process at least once, the rest drawn at random, each group
+    shuffled.
+
+    A "quiet" point: the primary stopped and the site restarted with a 30 s heartbeat, so
+    that the site runs almost no transaction of its own (every transaction counts, reads
+    too, and a heartbeat reads twice), and its `db.after_commit` lands on a charge's
+    commit: the charge is durable, its answer never left. The first site `db.after_commit`
+    point is always quiet, the others at random; N is 12..20 there, past the start-up's
+    and the login's transactions, while the panel reports one copy after another."""
     rng = random.Random(seed)
-    points: list[tuple[str, str, int]] = []
+    points: list[tuple[str, str, int, bool]] = []
     for process, table in (("site", SITE_POINTS), ("primary", PRIMARY_POINTS)):
         names = list(table) + [rng.choice(sorted(table))
                                for _ in range(POINTS_PER_PROCESS - len(table))]
         rng.shuffle(names)
-        points += [(process, name, rng.randint(*table[name])) for name in names]
+        first = True
+        for name in names:
+            nth = rng.randint(*table[name])
+            quiet = process == "site" and name == "db.after_commit" and (
+                first or rng.random() < 0.5)
+            if process == "site" and name == "db.after_commit":
+                first = False
+            points.append((process, name, rng.randint(12, 20) if quiet else nth, quiet))
     return points
 
 
@@ -78,7 +96,8 @@ def test_the_plan_covers_every_failpoint_and_is_seeded():
         for process, table in (("site", SITE_POINTS), ("primary", PRIMARY_POINTS)):
             mine = [p for p in points if p[0] == process]
             assert len(mine) == POINTS_PER_PROCESS
-            assert {name for _, name, _ in mine} == set(table), seed
+            assert {name for _, name, _, _ in mine} == set(table), seed
+        assert any(quiet for _, _, _, quiet in points), seed
     assert set(SITE_POINTS) | set(PRIMARY_POINTS) == set(failpoints.NAMES)
 
 
@@ -98,12 +117,16 @@ class Pair:
         #: when the panel's retry is answered `duplicate: true`.
         self.committed_unanswered: list[str] = []
 
-    def start(self, role: str, failpoints: str = "") -> None:
+    def start(self, role: str, failpoints: str = "", quiet: bool = False) -> None:
         old = self.proc[role]
         if old is not None:
             stop(old)
-        self.proc[role] = serve(self.config[role], self.tmp / f"{role}.log", failpoints,
-                                self.hits[role])
+        config = self.config[role]
+        if quiet:
+            config = self.tmp / "quiet-site.toml"
+            config.write_text(self.config["site"].read_text().replace(
+                "heartbeat_interval = 0.2", "heartbeat_interval = 30.0"))
+        self.proc[role] = serve(config, self.tmp / f"{role}.log", failpoints, self.hits[role])
         self.restarts[role] += 1
         if role == "site":
             self.token = None
@@ -170,10 +193,15 @@ def test_kill_9_at_40_seeded_failpoints_loses_and_doubles_nothing(tmp_path):
         assert pair.wait_ready("primary") and pair.wait_ready("site")
         wait_for(lambda: query(d["site_db"], "SELECT username FROM users") == [("alice",)],
                  "alice to reach the site")
-        for index, (role, name, nth) in enumerate(points):
+        for index, (role, name, nth, quiet) in enumerate(points):
             other = "primary" if role == "site" else "site"
-            pair.ensure(other)
-            pair.start(role, f"{name}=kill@{nth}")
+            if quiet:
+                proc = pair.proc["primary"]
+                if proc is not None:
+                    stop(proc)
+            else:
+                pair.ensure(other)
+            pair.start(role, f"{name}=kill@{nth}", quiet)
             pair.wait_ready(role)
             charges = 0
             while pair.alive(role):
@@ -231,10 +259,12 @@ def test_kill_9_at_40_seeded_failpoints_loses_and_doubles_nothing(tmp_path):
             lines = [line.split() for line in pair.hits[role].read_text().splitlines()]
             assert all(line[2] == "kill" for line in lines), where
             hit = Counter(line[0] for line in lines)
-            planned = Counter(name for r, name, _ in points if r == role)
+            planned = Counter(name for r, name, _, _ in points if r == role)
             assert hit == planned, f"{role}: hits {dict(hit)} != planned {dict(planned)} {where}"
             assert set(hit) == set(table), where
         assert len(acked) >= POINTS_PER_PROCESS, f"only {len(acked)} charges {where}"
+        assert pair.committed_unanswered, \
+            f"no charge was killed between its commit and its answer {where}"
         print(f"seed {seed}: {len(acked)} acknowledged charges "
               f"({len(pair.committed_unanswered)} committed, killed before the answer, "
               f"answered on the retry), restarts {dict(pair.restarts)}, duplicates at the primary "
