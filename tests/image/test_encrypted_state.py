@@ -15,6 +15,9 @@ there. The state partition's header must be LUKS2 with one key slot, sealed to t
 The same disk with the same TPM state then boots again: the linked card still logs in and
 the held job is still there.
 
+A second test boots without a TPM, with `state.key` on the config drive: the key formats and
+opens the partition and is not on the disk afterwards.
+
 Figures (image size, first boot to serving with the LUKS format, second boot to serving with
 the unlock, the scan's time) go to image/out/measurements.json and are printed.
 """
@@ -334,3 +337,34 @@ def test_state_partition_is_encrypted_and_survives_a_reboot(
     print(f"\n{vm.accel}: image {image_mib:.0f} MiB (qcow2), raw disk {raw_size_mib:.0f} MiB "
           f"scanned in {scan_s:.1f} s; first boot (LUKS format + TPM2 enrolment) serving after "
           f"{first_boot:.1f} s, second boot (TPM2 unlock) after {second_boot:.1f} s")
+
+
+def test_without_a_tpm_the_seed_key_unlocks_and_is_not_on_the_disk(tmp_path: Path) -> None:
+    """No TPM: `state.key` on the config drive formats and opens the partition; the key is
+    used from the drive, never copied to the disk (the raw disk does not hold it)."""
+    if not IMAGE.exists():
+        subprocess.run([str(REPO / "image/build.sh")], check=True)
+    key = secrets.token_urlsafe(48)
+    marker = f"rootmarker{secrets.token_hex(6)}"
+    site = (f'role = "site"\nname = "{marker}"\nstate_dir = "/var/lib/outpost"\n'
+            'secrets_dir = "/var/lib/outpost-secrets"\n\n'
+            '[device_api]\nhost = "0.0.0.0"\nport = 8632\n')
+    drive = make_config_drive(tmp_path / "seed.img", {"site.toml": site, "state.key": key})
+    api_port = free_port()
+    vm = Vm(IMAGE, tmp_path, seed=drive, forwards={api_port: 8632})
+    try:
+        vm.start()
+        serving = wait_serving(vm, api_port)
+        assert vm.power_off() == 0
+        console = vm.console_text()
+    finally:
+        vm.kill()
+    assert "state partition formatted, unlocked by: seed" in console, console[-5000:]
+    assert "state partition unlocked (seed key)" in console, console[-5000:]
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(vm.disk), str(raw)], check=True)
+    hits = scan_raw(raw, {"seed key": key, "root marker": marker})
+    raw.unlink()
+    assert ("root marker", "plain") in hits
+    assert not [h for h in hits if h[0] == "seed key"], hits
+    record(encrypted_seed_key_boot_to_serving_s=round(serving, 1))
