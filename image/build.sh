@@ -248,7 +248,7 @@ make_esp() {
 title   Outpost appliance
 linux   /outpost/linux
 initrd  /outpost/initrd
-options root=PARTUUID=$ROOT_PARTUUID ro console=tty0 console=ttyS0,115200 loglevel=4
+options root=PARTUUID=$ROOT_PARTUUID ro console=tty0 console=ttyS0,115200 loglevel=4 no_timer_check
 EOF
   find "$esp" -print0 | xargs -0r touch --no-dereference --date="@$SOURCE_DATE_EPOCH"
   mkfs.fat --invariant -F 32 -i "$ESP_VOLID" -n ESP -C "$WORK/esp.img" $((ESP_MB * 1024))

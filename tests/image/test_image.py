@@ -126,7 +126,7 @@ def test_kernel_command_line_seed_without_a_drive(image: Path, tmp_path: Path) -
     with no config drive waits for none."""
     port = free_port()
     vm = Vm(image, tmp_path, forwards={port: 631},
-            append=f"root=PARTUUID={ROOT_PARTUUID} ro console=ttyS0,115200 "
+            append=f"root=PARTUUID={ROOT_PARTUUID} ro console=ttyS0,115200 no_timer_check "
                    "outpost.role=site outpost.name=from-cmdline")
     try:
         vm.start()
