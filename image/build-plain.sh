@@ -158,13 +158,13 @@ make_esp() {
   # kernel/initrd/cmd_line, qemu -kernel) skips the firmware, much faster under emulation.
   cp "$esp/debian/linux" "$DEST/linux"
   cp "$esp/debian/initrd" "$DEST/initrd"
-  echo "root=PARTUUID=$ROOT_PARTUUID ro console=ttyS0,115200 net.ifnames=0" >"$DEST/cmdline"
+  echo "root=PARTUUID=$ROOT_PARTUUID ro console=ttyS0,115200 net.ifnames=0 no_timer_check" >"$DEST/cmdline"
   printf 'timeout 0\ndefault debian.conf\n' >"$esp/loader/loader.conf"
   cat >"$esp/loader/entries/debian.conf" <<EOF
 title   Debian 12 (Outpost lab)
 linux   /debian/linux
 initrd  /debian/initrd
-options root=PARTUUID=$ROOT_PARTUUID ro console=tty0 console=ttyS0,115200 net.ifnames=0
+options root=PARTUUID=$ROOT_PARTUUID ro console=tty0 console=ttyS0,115200 net.ifnames=0 no_timer_check
 EOF
   mkfs.fat -F 32 -i "$ESP_VOLID" -n ESP -C "$WORK/esp.img" $((ESP_MB * 1024))
   mcopy -s -p -m -i "$WORK/esp.img" "$esp"/* ::/
