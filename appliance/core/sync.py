@@ -410,7 +410,62 @@ class SyncStats:
     pull_failures: int = 0
 
 
-class SiteSync:
+class TickLoop:
+    """The heartbeat loop (and an optional faster push loop) of a sync that ticks:
+    `tick` every `heartbeat_interval`, a push step every `push_interval` when that is
+    shorter. Shared by SiteSync and the provider's ProviderSync."""
+
+    clock: Any
+    heartbeat_interval: float
+    push_interval: float | None
+    _loop: task.LoopingCall | None
+    _push_loop: task.LoopingCall | None
+    _ticking: defer.Deferred[None] | None
+    _heartbeat_owed: bool
+    _tick_log: logging.Logger = log
+    _tick_failed: str = "sync tick failed: %s"
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+    def _start_loops(self, push: Callable[[], Any]) -> None:
+        self._loop = task.LoopingCall(self._guarded, self.tick, heartbeat=True)
+        self._loop.clock = self.clock
+        self._loop.start(self.heartbeat_interval, now=True)
+        if self.push_interval is not None and self.push_interval < self.heartbeat_interval:
+            self._push_loop = task.LoopingCall(self._guarded, push)
+            self._push_loop.clock = self.clock
+            self._push_loop.start(self.push_interval, now=False)
+
+    async def stop(self) -> None:
+        for loop in (self._loop, self._push_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self._ticking is not None:
+            await self._ticking
+
+    def _guarded(self, step: Callable[[], Any], heartbeat: bool = False) -> None:
+        """Run one step unless one is still running. A push between heartbeats is then
+        skipped; a heartbeat is owed and runs right after (a busy link is not a miss)."""
+        if self._ticking is not None:
+            self._heartbeat_owed = self._heartbeat_owed or heartbeat
+            return None
+        d: defer.Deferred[None] = defer.ensureDeferred(step())
+        self._ticking = d
+
+        def done(result: Any) -> None:
+            self._ticking = None
+            if isinstance(result, Failure):
+                self._tick_log.error(self._tick_failed, result.getTraceback())
+            if self._heartbeat_owed and self._loop is not None and self._loop.running:
+                self._heartbeat_owed = False
+                self._guarded(self.tick, heartbeat=True)
+
+        d.addBoth(done)
+        return None
+
+
+class SiteSync(TickLoop):
     """A site's uplink: every `heartbeat_interval` one tick — heartbeat, then, online,
     drain the outbox in batches and follow the change stream.
 
@@ -466,40 +521,7 @@ class SiteSync:
     # -- lifecycle
 
     def start(self) -> None:
-        self._loop = task.LoopingCall(self._guarded, self.tick, heartbeat=True)
-        self._loop.clock = self.clock
-        self._loop.start(self.heartbeat_interval, now=True)
-        if self.push_interval is not None and self.push_interval < self.heartbeat_interval:
-            self._push_loop = task.LoopingCall(self._guarded, self.sync_if_online)
-            self._push_loop.clock = self.clock
-            self._push_loop.start(self.push_interval, now=False)
-
-    async def stop(self) -> None:
-        for loop in (self._loop, self._push_loop):
-            if loop is not None and loop.running:
-                loop.stop()
-        if self._ticking is not None:
-            await self._ticking
-
-    def _guarded(self, step: Callable[[], Any], heartbeat: bool = False) -> None:
-        """Run one step unless one is still running. A push between heartbeats is then
-        skipped; a heartbeat is owed and runs right after (a busy link is not a miss)."""
-        if self._ticking is not None:
-            self._heartbeat_owed = self._heartbeat_owed or heartbeat
-            return None
-        d: defer.Deferred[None] = defer.ensureDeferred(step())
-        self._ticking = d
-
-        def done(result: Any) -> None:
-            self._ticking = None
-            if isinstance(result, Failure):
-                log.error("sync tick failed: %s", result.getTraceback())
-            if self._heartbeat_owed and self._loop is not None and self._loop.running:
-                self._heartbeat_owed = False
-                self._guarded(self.tick, heartbeat=True)
-
-        d.addBoth(done)
-        return None
+        self._start_loops(self.sync_if_online)
 
     # -- one tick
 

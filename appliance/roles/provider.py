@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.python.failure import Failure
 
 from appliance.core.mode import LinkMode
 from appliance.core.sync import (
@@ -27,6 +26,7 @@ from appliance.core.sync import (
     SiteSync,
     SyncClient,
     SyncError,
+    TickLoop,
     parse_batch,
 )
 from appliance.storage.database import Database
@@ -49,7 +49,7 @@ class Upstream:
         return self.sync.mode
 
 
-class ProviderSync:
+class ProviderSync(TickLoop):
     """Every `heartbeat_interval`: a heartbeat to each upstream (at once), then the outbox
     drained to the active upstream — the first, in the configured order, whose LinkMode
     is ONLINE — and, when that is the primary (the first upstream), its stream followed.
@@ -59,6 +59,9 @@ class ProviderSync:
     after K answers from it; a flapping primary keeps it on the site. Whatever the path,
     the outbox is forgotten only up to the checkpoint an upstream acknowledged.
     """
+
+    _tick_log = log
+    _tick_failed = "provider sync tick failed: %s"
 
     def __init__(self, *, name: str, store: SyncStore,
                  upstreams: Sequence[tuple[str, SyncClient]], clock: Any,
@@ -122,38 +125,7 @@ class ProviderSync:
     # -- lifecycle (as SiteSync's)
 
     def start(self) -> None:
-        self._loop = task.LoopingCall(self._guarded, self.tick, heartbeat=True)
-        self._loop.clock = self.clock
-        self._loop.start(self.heartbeat_interval, now=True)
-        if self.push_interval is not None and self.push_interval < self.heartbeat_interval:
-            self._push_loop = task.LoopingCall(self._guarded, self.sync_if_up)
-            self._push_loop.clock = self.clock
-            self._push_loop.start(self.push_interval, now=False)
-
-    async def stop(self) -> None:
-        for loop in (self._loop, self._push_loop):
-            if loop is not None and loop.running:
-                loop.stop()
-        if self._ticking is not None:
-            await self._ticking
-
-    def _guarded(self, step: Callable[[], Any], heartbeat: bool = False) -> None:
-        if self._ticking is not None:
-            self._heartbeat_owed = self._heartbeat_owed or heartbeat
-            return None
-        d: defer.Deferred[None] = defer.ensureDeferred(step())
-        self._ticking = d
-
-        def done(result: Any) -> None:
-            self._ticking = None
-            if isinstance(result, Failure):
-                log.error("provider sync tick failed: %s", result.getTraceback())
-            if self._heartbeat_owed and self._loop is not None and self._loop.running:
-                self._heartbeat_owed = False
-                self._guarded(self.tick, heartbeat=True)
-
-        d.addBoth(done)
-        return None
+        self._start_loops(self.sync_if_up)
 
     # -- one tick
 
