@@ -22,6 +22,7 @@ from appliance.config_auth import (
     parse_ipp_security,
 )
 from appliance.config_enroll import EnrollConfig, parse_enroll
+from appliance.config_link import link_timings, tls_files
 from appliance.config_offline import OfflineConfig, parse_offline
 from appliance.config_provider import PROVIDER_TIMINGS, ProviderLinkConfig, parse_provider
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
@@ -199,15 +200,6 @@ class SyncListenConfig:
 DEFAULT_SYNC_PORT = 8633
 
 
-def _tls_files(r: _Reader, table: dict[str, Any], path: str,
-               base_dir: Path | None) -> tuple[Path, Path, Path]:
-    files = []
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = Path(r.get(table, path, key, str, "", required=True))
-        files.append(base_dir / value if base_dir is not None else value)
-    return files[0], files[1], files[2]
-
-
 def _primary_link(r: _Reader, root: dict[str, Any], role: str,
                   base_dir: Path | None) -> PrimaryLinkConfig | None:
     if "primary" not in root:
@@ -221,18 +213,8 @@ def _primary_link(r: _Reader, root: dict[str, Any], role: str,
     url = r.get(table, "primary", "url", str, "", required=True)
     if url and not url.startswith("https://"):
         r.errors.append("primary.url: expected https://host:port")
-    ca, cert, key = _tls_files(r, table, "primary", base_dir)
-    defaults = PrimaryLinkConfig("", Path(), Path(), Path())
-    values: dict[str, Any] = {}
-    for name in ("heartbeat_interval", "offline_after_misses", "online_after_successes",
-                 "push_batch_size", "pull_batch_size", "request_timeout", "push_interval"):
-        default = getattr(defaults, name)
-        value = r.get(table, "primary", name, type(default), default)
-        r.positive(value, f"primary.{name}")
-        values[name] = value
-    for name in ("push_batch_size", "pull_batch_size"):
-        if isinstance(values[name], int) and values[name] > 5000:
-            r.errors.append(f"primary.{name}: at most 5000")
+    ca, cert, key = tls_files(r, table, "primary", base_dir)
+    values = link_timings(r, table, "primary", PrimaryLinkConfig("", Path(), Path(), Path()))
     return PrimaryLinkConfig(url=url, ca_file=ca, cert_file=cert, key_file=key, **values)
 
 
@@ -251,7 +233,7 @@ def _sync_listen(r: _Reader, root: dict[str, Any], role: str,
     port = r.get(table, "sync", "port", int, DEFAULT_SYNC_PORT)
     if isinstance(port, int) and not 0 <= port <= 65535:
         r.errors.append("sync.port: must be 0..65535")
-    ca, cert, key = _tls_files(r, table, "sync", base_dir)
+    ca, cert, key = tls_files(r, table, "sync", base_dir)
     return SyncListenConfig(host=host, port=port, ca_file=ca, cert_file=cert, key_file=key)
 
 

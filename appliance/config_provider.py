@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROVIDER_TIMINGS = ("heartbeat_interval", "offline_after_misses", "online_after_successes",
-                    "push_batch_size", "pull_batch_size", "request_timeout", "push_interval")
+from appliance.config_link import LINK_TIMINGS, link_timings, tls_files
+
+PROVIDER_TIMINGS = LINK_TIMINGS
 
 
 @dataclass(frozen=True)
@@ -67,19 +68,7 @@ def parse_provider(r: Any, root: dict[str, Any], role: str,
         upstreams.append(url.rstrip("/"))
     if "upstreams" in table and isinstance(raw, list) and not raw:
         r.errors.append("provider.upstreams: at least one (the primary's sync URL)")
-    files = []
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = Path(r.get(table, "provider", key, str, "", required=True))
-        files.append(base_dir / value if base_dir is not None else value)
-    defaults = ProviderLinkConfig((), Path(), Path(), Path())
-    values: dict[str, Any] = {}
-    for name in PROVIDER_TIMINGS:
-        default = getattr(defaults, name)
-        value = r.get(table, "provider", name, type(default), default)
-        r.positive(value, f"provider.{name}")
-        values[name] = value
-    for name in ("push_batch_size", "pull_batch_size"):
-        if isinstance(values[name], int) and values[name] > 5000:
-            r.errors.append(f"provider.{name}: at most 5000")
-    return ProviderLinkConfig(upstreams=tuple(upstreams), ca_file=files[0], cert_file=files[1],
-                              key_file=files[2], **values)
+    ca, cert, key = tls_files(r, table, "provider", base_dir)
+    values = link_timings(r, table, "provider", ProviderLinkConfig((), Path(), Path(), Path()))
+    return ProviderLinkConfig(upstreams=tuple(upstreams), ca_file=ca, cert_file=cert,
+                              key_file=key, **values)
