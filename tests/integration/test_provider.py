@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,54 +29,12 @@ import pytest
 
 from appliance.pki import issue, make_ca
 from simulators.lab.lab import free_port
+from tests.integration.sync_procs import FAST_LINK, query, serve, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
-FAST = ("heartbeat_interval = 0.2\noffline_after_misses = 2\n"
-        "online_after_successes = 2\nrequest_timeout = 1.0\npush_interval = 0.1\n")
+FAST = FAST_LINK + "push_interval = 0.1\n"
 PDF = Path(__file__).parent.parent / "fixtures" / "ipp-docs"
-
-
-def serve(config: Path, log: Path, failpoints: str = "",
-          hits: Path | None = None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, OUTPOST_FAILPOINTS=failpoints)
-    if hits is not None:
-        env["OUTPOST_FAILPOINTS_LOG"] = str(hits)
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
-def wait_for(check, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def device_api(port: int, method: str, path: str, body: dict | None = None,
