@@ -27,28 +27,7 @@ from appliance.storage.store import (
     unattributed_account_name,
 )
 from appliance.storage.sync_store import outbox_batch_sync, snapshot_sync
-from tests.unit.sync_helpers import close, make_primary, make_site, push_raw
-
-
-@pytest.fixture
-def primary(tmp_path):
-    node = make_primary(tmp_path)
-    yield node
-    close(node)
-
-
-@pytest.fixture
-def site(tmp_path, primary):
-    node = make_site(tmp_path, primary)
-    yield node
-    close(node)
-
-
-@pytest.fixture
-def site_b(tmp_path, primary):
-    node = make_site(tmp_path, primary, "site-b")
-    yield node
-    close(node)
+from tests.unit.sync_helpers import close, make_site, push_raw
 
 
 def hmac_of(card: str) -> str:

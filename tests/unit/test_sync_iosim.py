@@ -16,7 +16,6 @@ from tests.unit.sync_helpers import (
     FlakyTransport,
     IosimTransport,
     close,
-    make_primary,
     make_site,
 )
 
@@ -42,13 +41,6 @@ def server_tls():
 def client_tls(name, ca=CA):
     return ssl.optionsForClientTLS("primary", trustRoot=ssl.Certificate.loadPEM(CA.cert_pem),
                                    clientCertificate=tls_pair(ca, "site", name))
-
-
-@pytest.fixture
-def primary(tmp_path):
-    node = make_primary(tmp_path)
-    yield node
-    close(node)
 
 
 @pytest_twisted.ensureDeferred

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import pytest_twisted
 
 from appliance.core.charging import LAB_POLICY
@@ -14,14 +13,7 @@ from appliance.core.model import Device
 from appliance.pki import Identity
 from appliance.storage.store import NewIdentity, add_user_sync, balance_sync, configure_sync
 from appliance.storage.sync_store import changes_since_sync, snapshot_sync
-from tests.unit.sync_helpers import close, make_primary, make_site, seed_users
-
-
-@pytest.fixture
-def primary(tmp_path):
-    node = make_primary(tmp_path)
-    yield node
-    close(node)
+from tests.unit.sync_helpers import close, make_site, seed_users
 
 
 def identities(node):

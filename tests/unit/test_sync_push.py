@@ -15,21 +15,7 @@ from appliance.core.mode import Mode
 from appliance.pki import Identity
 from appliance.storage.store import NewIdentity, _insert_ledger, add_user_sync
 from appliance.storage.sync_store import outbox_batch_sync
-from tests.unit.sync_helpers import close, make_primary, make_site, push_raw
-
-
-@pytest.fixture
-def primary(tmp_path):
-    node = make_primary(tmp_path)
-    yield node
-    close(node)
-
-
-@pytest.fixture
-def site(tmp_path, primary):
-    node = make_site(tmp_path, primary)
-    yield node
-    close(node)
+from tests.unit.sync_helpers import close, make_site, push_raw
 
 
 def batch_of(site, limit=10_000, first=0):
