@@ -161,6 +161,43 @@ def close(*nodes: Any) -> None:
         node.database.close()
 
 
+# ------------------------------------------ composition roots on loopback (real reactor)
+
+
+async def eventually(check: Any, timeout: float = 15.0, step: float = 0.05) -> None:
+    """Wait, on the real reactor, until `await check()` is true (at most `timeout` s)."""
+    waited = 0.0
+    while not await check():
+        assert waited < timeout, "condition not reached in time"
+        await task.deferLater(real_reactor, step, lambda: None)
+        waited += step
+
+
+def alice_with_card(primary: Any, tmp_path: Path, site: str = "branch") -> None:
+    """The deployment's card key (the primary's, under tmp_path/hq) copied to `site`, and
+    alice (card 0042, PIN 1234, balance 1000) added at the primary."""
+    from appliance.core.credentials import CardKey, make_verifier, password_hasher
+
+    card_key = CardKey.load_or_create(tmp_path / "hq" / "secrets" / "card-hmac.key")
+    (tmp_path / site / "secrets").mkdir(parents=True)
+    (tmp_path / site / "secrets" / "card-hmac.key").write_bytes(
+        (tmp_path / "hq" / "secrets" / "card-hmac.key").read_bytes())
+    (tmp_path / site / "secrets" / "card-hmac.key").chmod(0o600)
+    hasher = password_hasher(1, 8192)
+    primary.database.run_sync(lambda db: add_user_sync(
+        db, "alice", "Alice", "", [NewIdentity("card", card_key.lookup("0042"), None),
+                                   NewIdentity("pin", None, make_verifier(hasher, "1234"))],
+        1000))
+
+
+def fast_primary_link(port: int, pki: Path, cert: Path, key: Path) -> dict[str, Any]:
+    """A site's `[primary]` table for the primary's sync port on loopback, short timings."""
+    return {"url": f"https://127.0.0.1:{port}", "ca_file": str(pki / "ca.crt"),
+            "cert_file": str(cert), "key_file": str(key),
+            "heartbeat_interval": 0.1, "offline_after_misses": 2,
+            "online_after_successes": 2, "request_timeout": 1.0}
+
+
 # ---------------------------------------------------------------- HTTP + TLS over iosim
 
 

@@ -20,7 +20,7 @@ from appliance.core.mode import Mode
 from appliance.pki import issue, make_ca
 from appliance.roles.primary import build_primary
 from appliance.storage.store import add_user_sync
-from tests.unit.test_sync_site import eventually
+from tests.unit.sync_helpers import eventually, fast_primary_link
 
 
 def primary_config(tmp_path, pki, cert, key, port=0):
@@ -52,10 +52,7 @@ async def test_a_site_spends_offline_within_its_grant_and_merges_the_overspend(t
         "secrets_dir": str(tmp_path / "branch" / "secrets"),
         "ipp": {"port": 0}, "device_api": {"port": 0}, "lpd": {"port": 0},
         "devices": [{"name": "mfd-1", "uri": "ipp://127.0.0.1:9/ipp/print"}],
-        "primary": {"url": f"https://127.0.0.1:{port}", "ca_file": str(pki / "ca.crt"),
-                    "cert_file": str(site_cert), "key_file": str(site_key),
-                    "heartbeat_interval": 0.1, "offline_after_misses": 2,
-                    "online_after_successes": 2, "request_timeout": 1.0},
+        "primary": fast_primary_link(port, pki, site_cert, site_key),
     }), reactor)
     running = [primary]
     try:

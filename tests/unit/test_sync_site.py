@@ -6,24 +6,15 @@ in and charging them when the primary is gone."""
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
 from appliance.app import build_site
 from appliance.config import parse
 from appliance.core.auth import Credentials
-from appliance.core.credentials import CardKey, make_verifier, password_hasher
 from appliance.core.mode import Mode
 from appliance.pki import issue, make_ca
 from appliance.roles.primary import build_primary
-from appliance.storage.store import NewIdentity, add_user_sync
-
-
-async def eventually(check, timeout=15.0, step=0.05):
-    waited = 0.0
-    while not await check():
-        assert waited < timeout, "condition not reached in time"
-        await task.deferLater(reactor, step, lambda: None)
-        waited += step
+from tests.unit.sync_helpers import alice_with_card, eventually, fast_primary_link
 
 
 @pytest_twisted.ensureDeferred
@@ -44,16 +35,7 @@ async def test_a_configured_site_replicates_pushes_and_serves_offline(tmp_path):
     port = (await primary.start())["sync"]
 
     # Master data enter at the primary; the card key is the deployment's (copied).
-    card_key = CardKey.load_or_create(tmp_path / "hq" / "secrets" / "card-hmac.key")
-    (tmp_path / "branch" / "secrets").mkdir(parents=True)
-    (tmp_path / "branch" / "secrets" / "card-hmac.key").write_bytes(
-        (tmp_path / "hq" / "secrets" / "card-hmac.key").read_bytes())
-    (tmp_path / "branch" / "secrets" / "card-hmac.key").chmod(0o600)
-    hasher = password_hasher(1, 8192)
-    primary.database.run_sync(lambda db: add_user_sync(
-        db, "alice", "Alice", "", [NewIdentity("card", card_key.lookup("0042"), None),
-                                   NewIdentity("pin", None, make_verifier(hasher, "1234"))],
-        1000))
+    alice_with_card(primary, tmp_path)
 
     site = build_site(parse({
         "name": "branch", "state_dir": str(tmp_path / "branch" / "state"),
@@ -61,10 +43,7 @@ async def test_a_configured_site_replicates_pushes_and_serves_offline(tmp_path):
         "ipp": {"port": 0}, "device_api": {"port": 0},
         "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 8192},
         "devices": [{"name": "mfd-1", "uri": "ipp://127.0.0.1:9/ipp/print"}],
-        "primary": {"url": f"https://127.0.0.1:{port}", "ca_file": str(pki / "ca.crt"),
-                    "cert_file": str(site_cert), "key_file": str(site_key),
-                    "heartbeat_interval": 0.1, "offline_after_misses": 2,
-                    "online_after_successes": 2, "request_timeout": 1.0},
+        "primary": fast_primary_link(port, pki, site_cert, site_key),
     }), reactor)
     stopped_primary = False
     try:
