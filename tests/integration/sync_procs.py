@@ -51,6 +51,16 @@ def query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def one(db: Path, sql: str, *args: object) -> object:
+    """The first column of the first row of `sql` (None without a row), read-only."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute(sql, args).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
+
+
 def wait_for(check, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import urllib.request
 from pathlib import Path
 
@@ -15,17 +14,9 @@ import pytest
 
 from simulators.lab.runner import running_lab, wait_until
 from simulators.mfd.panel import Panel
+from tests.integration.sync_procs import one
 
 pytestmark = pytest.mark.integration
-
-
-def one(db: Path, sql: str, *args: object) -> object:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        row = conn.execute(sql, args).fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()
 
 
 def wan(api: str, method: str, path: str, body: dict | None = None) -> object:

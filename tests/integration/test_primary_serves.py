@@ -5,7 +5,6 @@ rows at the primary, and a site sees the new balance after its next pull."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -13,17 +12,9 @@ import pytest
 
 from simulators.lab.runner import running_lab, wait_until
 from simulators.mfd.panel import Panel
+from tests.integration.sync_procs import one
 
 pytestmark = pytest.mark.integration
-
-
-def one(db: Path, sql: str, *args: object) -> object:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        row = conn.execute(sql, args).fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()
 
 
 def test_lp_at_the_primary_releases_at_its_mfd_and_a_site_sees_the_balance(tmp_path, docs):
