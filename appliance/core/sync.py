@@ -248,6 +248,18 @@ def parse_token(value: str | None) -> int:
 # ---------------------------------------------------------------- the primary
 
 
+def pull_limit(limit: str | int | None) -> int:
+    """A pull's `limit` (DEFAULT_PULL_LIMIT when absent): 1..MAX_PULL_LIMIT, or a 400."""
+    if limit is None:
+        return DEFAULT_PULL_LIMIT
+    if isinstance(limit, str) and not limit.isdigit():
+        raise SyncError(400, "bad_limit", "limit: a positive integer")
+    count = int(limit)
+    if not 1 <= count <= MAX_PULL_LIMIT:
+        raise SyncError(400, "bad_limit", f"limit: 1..{MAX_PULL_LIMIT}")
+    return count
+
+
 class PrimarySync:
     """The primary's side of the wire, one method per request (peer: the certificate's site)."""
 
@@ -293,13 +305,7 @@ class PrimarySync:
 
     async def changes(self, since: str | None, limit: str | int | None) -> dict[str, Any]:
         start = parse_token(since)
-        count = DEFAULT_PULL_LIMIT
-        if limit is not None:
-            if isinstance(limit, str) and not limit.isdigit():
-                raise SyncError(400, "bad_limit", "limit: a positive integer")
-            count = int(limit)
-            if not 1 <= count <= MAX_PULL_LIMIT:
-                raise SyncError(400, "bad_limit", f"limit: 1..{MAX_PULL_LIMIT}")
+        count = pull_limit(limit)
         rows, token, more = await self.store.changes_since(start, count)
         return {"changes": [c.to_wire() for c in rows], "token": str(token), "more": more}
 
@@ -315,13 +321,7 @@ class PrimarySync:
             cursor = SnapshotCursor.parse(after)
             if cursor is None:
                 raise SyncError(400, "bad_token", "after: a cursor this primary gave")
-        count = DEFAULT_PULL_LIMIT
-        if limit is not None:
-            if isinstance(limit, str) and not limit.isdigit():
-                raise SyncError(400, "bad_limit", "limit: a positive integer")
-            count = int(limit)
-            if not 1 <= count <= MAX_PULL_LIMIT:
-                raise SyncError(400, "bad_limit", f"limit: 1..{MAX_PULL_LIMIT}")
+        count = pull_limit(limit)
         page, token, following = await self.store.snapshot_page(cursor, count)
         return {"changes": [c.to_wire() for c in page], "token": str(token),
                 "next": None if following is None else str(following)}
