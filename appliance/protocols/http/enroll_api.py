@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from appliance.core.enrollment import EnrollError, PrimaryEnrollment
 from appliance.pki import Identity
-from appliance.protocols.http.sync_api import _error, _json
+from appliance.protocols.http.sync_api import _error, _json, _json_body
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,9 @@ class EnrollApi:
             return _error(405, "method_not_allowed", f"{method} is not allowed here")
         if name == "ca":
             return _json(200, self.enrollment.ca_answer())
-        if len(body) > self.max_body:
-            return _error(413, "too_large", f"at most {self.max_body} bytes")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, "malformed", f"not JSON: {exc}")
+        payload, refused = _json_body(body, self.max_body)
+        if refused is not None:
+            return refused
         if name == "enroll":
             status, answer = await self.enrollment.enroll(payload)
             return _json(status, answer)

@@ -34,6 +34,17 @@ def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
     return _json(status, {"error": {"code": code, "message": message}})
 
 
+
+def _json_body(body: bytes, max_body: int) -> tuple[Any, tuple[int, bytes] | None]:
+    """A request's JSON body, or (None and) the 413 or 400 answer that refuses it."""
+    if len(body) > max_body:
+        return None, _error(413, "too_large", f"at most {max_body} bytes")
+    try:
+        return json.loads(body), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, _error(400, "malformed", f"not JSON: {exc}")
+
+
 class SyncApi:
     def __init__(self, primary: PrimarySync, *, max_body: int = MAX_BODY,
                  pushers: frozenset[str] = frozenset({"site", "provider"})) -> None:
@@ -73,22 +84,16 @@ class SyncApi:
         if (method, name) == ("POST", "allowances") and self.allowances is not None:
             if peer.kind != "site":
                 return _error(403, "not_a_site", f"{peer.uri} holds no offline allowances")
-            if len(body) > self.max_body:
-                return _error(413, "too_large", f"at most {self.max_body} bytes")
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                return _error(400, "malformed", f"not JSON: {exc}")
+            payload, refused = _json_body(body, self.max_body)
+            if refused is not None:
+                return refused
             return _json(200, await self.allowances.request(payload, peer.name))
         if (method, name) in (("POST", "events"), ("POST", "heartbeat")):
             if peer.kind not in self.pushers:
                 return _error(403, "not_a_site", f"{peer.uri} may not push")
-            if len(body) > self.max_body:
-                return _error(413, "too_large", f"at most {self.max_body} bytes")
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                return _error(400, "malformed", f"not JSON: {exc}")
+            payload, refused = _json_body(body, self.max_body)
+            if refused is not None:
+                return refused
             if name == "events":
                 return _json(200, await self.primary.receive_batch(payload, site, peer.kind))
             return _json(200, await self.primary.heartbeat(payload, site, peer.kind))
