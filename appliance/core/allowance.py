@@ -172,13 +172,17 @@ class OfflineGate:
     def _online(self) -> bool:
         return self.offline is None or not self.offline()
 
+    async def _offline_position(self, account_id: int) -> tuple[OfflinePolicy, Position] | None:
+        """Offline, the account's policy and position (None online or without a policy)."""
+        if self._online():
+            return None
+        return await self.store.position(account_id)
+
     async def check(self, account_id: int, cost: int, hold: bool = False) -> Verdict | None:
         """Offline, may `cost` be spent now? With `hold`, an allowed cost is held until
         `release_hold` (the caller charges it meanwhile): concurrent releases of one user
         at two MFDs are then checked against what is left after each other."""
-        if self._online():
-            return None
-        state = await self.store.position(account_id)
+        state = await self._offline_position(account_id)
         if state is None:
             return None
         policy, position = state
@@ -212,9 +216,7 @@ class OfflineGate:
             self._held.pop(account_id, None)
 
     async def units(self, account_id: int, per_unit: int, wanted: int) -> Verdict | None:
-        if self._online():
-            return None
-        state = await self.store.position(account_id)
+        state = await self._offline_position(account_id)
         if state is None:
             return None
         policy, position = state
