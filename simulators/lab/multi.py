@@ -196,11 +196,10 @@ class MultiLab:
             "[cost_policy.default.default]", "mono = 10", "colour = 40", "",
         ]
 
-    def _uplink(self, name: str, pki: Path, wan_port: int) -> list[str]:
+    def _link(self, name: str, pki: Path) -> list[str]:
+        """A `[primary]` or `[provider]` table's certificates and the profile's timings."""
         p = self.profile
         return [
-            "# The uplink goes through the lab's WAN simulator (a proxy per link).",
-            "[primary]", f'url = "https://127.0.0.1:{wan_port}"',
             f"ca_file = {_toml_str(pki / 'ca.crt')}",
             f"cert_file = {_toml_str(pki / f'{name}.crt')}",
             f"key_file = {_toml_str(pki / f'{name}.key')}",
@@ -210,6 +209,13 @@ class MultiLab:
             f"request_timeout = {p.request_timeout}",
             f"push_interval = {p.push_interval}",
             f"push_batch_size = {p.push_batch_size}", "",
+        ]
+
+    def _uplink(self, name: str, pki: Path, wan_port: int) -> list[str]:
+        return [
+            "# The uplink goes through the lab's WAN simulator (a proxy per link).",
+            "[primary]", f'url = "https://127.0.0.1:{wan_port}"',
+            *self._link(name, pki),
         ]
 
     def _primary_config(self, ports: dict[str, int], pki: Path,
@@ -250,20 +256,11 @@ class MultiLab:
         """A provider (docs/providers.md): its uplinks in order, the primary (through the
         WAN simulator) first, then its site server's `[sync]` port (on the LAN)."""
         base = self.dir / name
-        p = self.profile
         lines = self._common("provider", name, base, ports) + _devices(mfds) + [
             "[provider]",
             f'upstreams = ["https://127.0.0.1:{ports["wan"]}", '
             f'"https://127.0.0.1:{site_ports["relay"]}"]',
-            f"ca_file = {_toml_str(pki / 'ca.crt')}",
-            f"cert_file = {_toml_str(pki / f'{name}.crt')}",
-            f"key_file = {_toml_str(pki / f'{name}.key')}",
-            f"heartbeat_interval = {p.heartbeat_interval}",
-            f"offline_after_misses = {p.offline_after_misses}",
-            f"online_after_successes = {p.online_after_successes}",
-            f"request_timeout = {p.request_timeout}",
-            f"push_interval = {p.push_interval}",
-            f"push_batch_size = {p.push_batch_size}", "",
+            *self._link(name, pki),
         ]
         path = base / "provider.toml"
         write_atomically(path, "\n".join(lines))
