@@ -36,11 +36,38 @@ FULL_NAMES = {"alice": "Alice Archer", "bob": "Bob Baker", "carol": "Carol Carte
               "judy": "Judy Jones", "mallory": "Mallory Moss", "niaj": "Niaj Nash"}
 
 
-def free_port() -> int:
+#: Lab ports come from below Linux's ephemeral range (32768-60999), in a block of 64 chosen
+#: by this process's pid: the kernel never hands these out for bind(0) or connect(), and two
+#: labs started side by side (tests run scenarios two at a time) take different blocks.
+_PORT_LOW, _PORT_HIGH, _BLOCK = 10_000, 32_000, 64
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on, never one this process handed out before.
+
+    Asking the kernel (bind to port 0) is not enough: it may give the same ephemeral port
+    to two calls once the first socket is closed, and to another process too, and a lab asks
+    for twenty ports before any daemon binds them: two daemons given one port make one of
+    them fail to start for ever (seen: a site restarted 46 times, its lab timed out).
+    """
+    blocks = (_PORT_HIGH - _PORT_LOW) // _BLOCK
+    first = _PORT_LOW + (os.getpid() % blocks) * _BLOCK
+    for offset in range(_PORT_HIGH - _PORT_LOW):
+        port = _PORT_LOW + (first - _PORT_LOW + offset) % (_PORT_HIGH - _PORT_LOW)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port from {_PORT_LOW} to {_PORT_HIGH}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
