@@ -153,6 +153,10 @@ class Database:
         self.db: sqlite_utils.Database | None = None
         self._queue: list[tuple[Callable[[sqlite_utils.Database], Any], defer.Deferred[Any]]] = []
         self._lock = threading.Lock()
+        #: Held by whichever thread has a transaction open on the one connection: the
+        #: database thread, or a `run_sync` caller (start-up, CLI tools, tests reading
+        #: state while the daemon runs). Without it the two could interleave BEGINs.
+        self._connection_lock = threading.Lock()
         self._draining = False
         #: (transactions, requests) committed so far: what group commit saved.
         self.stats = [0, 0]
@@ -174,14 +178,15 @@ class Database:
     def _transact(self, work: Callable[[sqlite_utils.Database], T]) -> T:
         assert self._conn is not None and self.db is not None, "database not open"
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(self.db)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        with self._connection_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(self.db)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
 
     def run(self, work: Callable[[sqlite_utils.Database], T]) -> defer.Deferred[T]:
         """Run `work` in a committed transaction in the database thread (see group commit)."""
@@ -203,7 +208,8 @@ class Database:
                 if not group:
                     self._draining = False
                     return
-            outcomes = self._commit_group(group)
+            with self._connection_lock:
+                outcomes = self._commit_group(group)
             for (_, d), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Failure):
                     self._reactor.callFromThread(d.errback, outcome)
@@ -244,5 +250,8 @@ class Database:
         return outcomes
 
     def run_sync(self, work: Callable[[sqlite_utils.Database], T]) -> T:
-        """The same, on the calling thread: for start-up and CLI tools, never the reactor."""
+        """The same, on the calling thread: for start-up and CLI tools, never the reactor.
+
+        Safe while the database thread is busy (it waits for the connection), but it
+        blocks its caller for that long, which is why the reactor must not use it."""
         return self._transact(work)

@@ -153,3 +153,38 @@ async def test_group_commit_shares_transactions_and_isolates_a_failing_request(t
         assert requests == 200 and transactions < 200, "concurrent requests shared commits"
     finally:
         database.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_run_sync_waits_for_a_transaction_open_in_the_database_thread(tmp_path):
+    """A reader on another thread (start-up code, a CLI tool, a test checking state while
+    the daemon runs) must wait for the database thread's open transaction, not try to
+    BEGIN inside it (once: "cannot start a transaction within a transaction")."""
+    import threading
+
+    database = Database(tmp_path / "shared.db", reactor)
+    database.open()
+    try:
+        inside, release = threading.Event(), threading.Event()
+
+        def slow_write(db):
+            db.conn.execute("INSERT INTO accounts (name, kind, created_at) "
+                            "VALUES ('slow', 'shared', 0)")
+            inside.set()
+            release.wait(10)
+            return "written"
+
+        pending = database.run(slow_write)
+        assert inside.wait(10), "the database thread took the write"
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        try:
+            names = database.run_sync(lambda db: [r[0] for r in db.conn.execute(
+                "SELECT name FROM accounts WHERE name = 'slow'")])
+        finally:
+            timer.cancel()
+            release.set()
+        assert names == ["slow"], "it ran after the write committed, and saw it"
+        assert await pending == "written"
+    finally:
+        database.close()
