@@ -22,9 +22,9 @@ from appliance.config_auth import (
     parse_ipp_security,
 )
 from appliance.config_enroll import EnrollConfig, parse_enroll
-from appliance.config_link import link_timings, tls_files
+from appliance.config_link import LinkSettings, link_timings, tls_files
 from appliance.config_offline import OfflineConfig, parse_offline
-from appliance.config_provider import PROVIDER_TIMINGS, ProviderLinkConfig, parse_provider
+from appliance.config_provider import ProviderLinkConfig, parse_provider
 from appliance.core.charging import LAB_POLICY, CostPolicy, Rates
 from appliance.core.credentials import CardRule
 from appliance.protocols.lpd.parser import parse_lpd_uri
@@ -168,22 +168,11 @@ class AuthConfig:
     argon2_memory_kib: int = 65536
 
 
-@dataclass(frozen=True)
-class PrimaryLinkConfig:
+@dataclass(frozen=True, kw_only=True)
+class PrimaryLinkConfig(LinkSettings):
     """`[primary]` of a site: where its primary is and how it talks to it (mutual TLS)."""
 
     url: str
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    heartbeat_interval: float = 5.0
-    offline_after_misses: int = 3
-    online_after_successes: int = 3
-    push_batch_size: int = 500
-    pull_batch_size: int = 1000
-    request_timeout: float = 10.0
-    #: Online, how often the outbox is checked between heartbeats (the sync lag bound).
-    push_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -214,7 +203,7 @@ def _primary_link(r: _Reader, root: dict[str, Any], role: str,
     if url and not url.startswith("https://"):
         r.errors.append("primary.url: expected https://host:port")
     ca, cert, key = tls_files(r, table, "primary", base_dir)
-    values = link_timings(r, table, "primary", PrimaryLinkConfig("", Path(), Path(), Path()))
+    values = link_timings(r, table, "primary")
     return PrimaryLinkConfig(url=url, ca_file=ca, cert_file=cert, key_file=key, **values)
 
 
@@ -492,9 +481,8 @@ def parse(root: dict[str, Any], *, base_dir: Path | None = None) -> SiteConfig:
     if config.role == "site" and config.primary is None and config.provider is not None:
         # A promoted provider (docs/providers.md): its first upstream is its primary.
         link = config.provider
-        config = replace(config, primary=PrimaryLinkConfig(
-            url=link.upstreams[0], ca_file=link.ca_file, cert_file=link.cert_file,
-            key_file=link.key_file, **{k: getattr(link, k) for k in PROVIDER_TIMINGS}))
+        config = replace(config, primary=PrimaryLinkConfig(url=link.upstreams[0],
+                                                           **link.settings()))
     return config
 
 

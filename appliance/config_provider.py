@@ -12,27 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config_link import LINK_TIMINGS, link_timings, tls_files
-
-PROVIDER_TIMINGS = LINK_TIMINGS
+from appliance.config_link import LINK_TIMINGS, LinkSettings, link_timings, tls_files
 
 
-@dataclass(frozen=True)
-class ProviderLinkConfig:
+@dataclass(frozen=True, kw_only=True)
+class ProviderLinkConfig(LinkSettings):
     """`[provider]`: upstream sync URLs in order of preference (the primary's first, then
     the site server's), the provider's certificate, and the link's timings."""
 
     upstreams: tuple[str, ...]
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    heartbeat_interval: float = 5.0
-    offline_after_misses: int = 3
-    online_after_successes: int = 3
-    push_batch_size: int = 500
-    pull_batch_size: int = 1000
-    request_timeout: float = 10.0
-    push_interval: float = 1.0
 
 
 def parse_provider(r: Any, root: dict[str, Any], role: str,
@@ -53,7 +41,7 @@ def parse_provider(r: Any, root: dict[str, Any], role: str,
     elif role not in ("provider", "site"):
         r.errors.append(f"provider: only a provider has upstreams (this is role {role!r})")
     r.unknown(table, "provider", {"upstreams", "ca_file", "cert_file", "key_file",
-                                  *PROVIDER_TIMINGS})
+                                  *LINK_TIMINGS})
     raw = r.get(table, "provider", "upstreams", list, [], required=True)
     upstreams: list[str] = []
     for i, url in enumerate(raw):
@@ -69,6 +57,6 @@ def parse_provider(r: Any, root: dict[str, Any], role: str,
     if "upstreams" in table and isinstance(raw, list) and not raw:
         r.errors.append("provider.upstreams: at least one (the primary's sync URL)")
     ca, cert, key = tls_files(r, table, "provider", base_dir)
-    values = link_timings(r, table, "provider", ProviderLinkConfig((), Path(), Path(), Path()))
+    values = link_timings(r, table, "provider")
     return ProviderLinkConfig(upstreams=tuple(upstreams), ca_file=ca, cert_file=cert,
                               key_file=key, **values)
