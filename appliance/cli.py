@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     enroll_cli.register(commands)
 
+    from appliance import sync_cli
+
+    sync_cli.register(commands)
+
     from simulators.lab import cli as lab_cli
 
     lab_cli.register(commands)
