@@ -4,8 +4,8 @@
 # Debian packages (mmdebstrap) and PyPI (the wheels of Outpost's dependencies); Outpost
 # itself is a wheel built from this tree.
 #
-#   stage 1  mmdebstrap -> out/cache/base-<key>.tar   (cached: key = packages.txt + this
-#            script's stage-1 settings; delete the file or FRESH=1 to rebuild)
+#   stage 1  mmdebstrap -> out/cache/base-<key>.tar   (cached: key = packages.txt + the
+#            stage-1 settings in image/lib.sh; delete the file or FRESH=1 to rebuild)
 #   stage 2  unpack, install the Outpost venv, units, vendor files; ESP + ext4 + GPT,
 #            no loop devices (mkfs.ext4 -d, mkfs.fat + mcopy, sfdisk on a file)
 #
@@ -27,14 +27,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 OUT=${OUT:-$HERE/out}
-CACHE=$OUT/cache
 WORK=$OUT/work
 LOG=$OUT/build.log
-SUITE=bookworm
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+NAME=image
 ROOT_FREE_MB=${ROOT_FREE_MB:-768}
-ESP_MB=128
 STATE_MB=${STATE_MB:-1024}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 
@@ -47,61 +43,18 @@ ROOT_FSUUID=6f757470-6f73-4000-8000-000000000004
 # Must match appliance/state_partition.py (STATE_PARTUUID).
 STATE_PARTUUID=6f757470-6f73-4000-8000-000000000005
 ESP_VOLID=0f057057
-GPT_ESP=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
-GPT_ROOT_X86_64=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709
 # Plain "Linux filesystem data", not the discoverable /var type: systemd-gpt-auto-generator
 # must not try to mount it (it is LUKS, unlocked by outpost-state.service).
 GPT_LINUX_DATA=0FC63DAF-8483-4772-8E79-3D69D8477DE4
 
-SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)}
-export SOURCE_DATE_EPOCH
-
-if [[ $(id -u) -ne 0 ]]; then
-  echo "image: needs root (chroot, file ownership); run as root or with sudo" >&2
-  exit 2
-fi
-for tool in mmdebstrap mkfs.ext4 mkfs.fat mcopy sfdisk qemu-img; do
-  command -v "$tool" >/dev/null || {
-    echo "image: $tool is missing; run scripts/setup-image.sh" >&2; exit 2; }
-done
-
-mkdir -p "$CACHE" "$WORK"
-: >"$LOG"
 STEPS=8
 STEP=0
+# shellcheck source=image/lib.sh
+source "$HERE/lib.sh"
+require_root_and_tools
+mkdir -p "$CACHE" "$WORK"
+: >"$LOG"
 T_BUILD=$(date +%s)
-
-# One line per step, a live line (elapsed seconds and the log's last line) while it runs;
-# without a terminal, a line every 20 s instead. The full output is in $LOG.
-step() {
-  local title=$1; shift
-  STEP=$((STEP + 1))
-  local t0 now last pid
-  t0=$(date +%s)
-  printf '[%d/%d] %s\n' "$STEP" "$STEPS" "$title"
-  echo "=== [$STEP/$STEPS] $title" >>"$LOG"
-  ( trap cleanup EXIT; "$@" ) >>"$LOG" 2>&1 &
-  pid=$!
-  last=$t0
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
-    now=$(date +%s)
-    if [[ -t 1 ]]; then
-      printf '\r\033[K      %4ds  %s' "$((now - t0))" "$(tail -n 1 "$LOG" | tr -d '\r' | cut -c1-90)"
-    elif ((now - last >= 20)); then
-      printf '      %4ds  %s\n' "$((now - t0))" "$(tail -n 1 "$LOG" | cut -c1-90)"
-      last=$now
-    fi
-  done
-  if ! wait "$pid"; then
-    [[ -t 1 ]] && printf '\r\033[K'
-    echo "image: step failed: $title (last lines of $LOG):" >&2
-    tail -n 40 "$LOG" >&2
-    exit 1
-  fi
-  [[ -t 1 ]] && printf '\r\033[K'
-  printf '      done in %ds\n' "$(($(date +%s) - t0))"
-}
 
 ROOT=$WORK/root
 MOUNTED=()
@@ -111,28 +64,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-packages() { grep -v '^\s*#' "$HERE/packages.txt" | grep -v '^\s*$' | paste -sd, -; }
-
-STAGE1_OPTS=(--variant=minbase --mode=root --format=tar
-  --aptopt='Acquire::Languages "none"'
-  --dpkgopt='path-exclude=/usr/share/man/*'
-  --dpkgopt='path-exclude=/usr/share/locale/*'
-  --dpkgopt='path-include=/usr/share/locale/locale.alias'
-  --dpkgopt='path-exclude=/usr/share/doc/*'
-  --dpkgopt='path-include=/usr/share/doc/*/copyright'
-  --dpkgopt='path-exclude=/usr/share/info/*')
-KEY=$(printf '%s\n' "$(packages)" "${STAGE1_OPTS[*]}" "$SUITE" "$MIRROR" | sha256sum | cut -c1-16)
-BASE=$CACHE/base-$KEY.tar
-
-build_base() {
-  rm -f "$BASE.part"
-  mmdebstrap "${STAGE1_OPTS[@]}" --include="$(packages)" \
-    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
-    "$SUITE" "$BASE.part" \
-    "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
-    "deb $SECURITY_MIRROR $SUITE-security main"
-  mv "$BASE.part" "$BASE"
-}
+BASE=$(base_tar base "$HERE/packages.txt")
 
 # out/wheels is also what the Ansible roles install from (outpost_common_wheel_dir).
 build_wheels() {
@@ -146,10 +78,6 @@ unpack() {
   mkdir -p "$ROOT"
   tar -C "$ROOT" --numeric-owner -xpf "$BASE"
 }
-
-# The chroot gets a clean environment: the build machine's PIP_* settings are not the image's.
-in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-  SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" PYTHONHASHSEED=0 "$@"; }
 
 install_outpost() {
   mount --bind /dev "$ROOT/dev"; MOUNTED+=("$ROOT/dev")
@@ -170,17 +98,6 @@ install_outpost() {
     (cd "$ROOT/opt/outpost/venv/lib/python3.11/site-packages" && ls -d *.dist-info); } >"$OUT/manifest.txt"
   rm -rf "$ROOT/tmp/wheels"
   umount "$ROOT/proc" "$ROOT/dev"; MOUNTED=()
-}
-
-prune_modules() {
-  local kdir kver
-  for kdir in "$ROOT"/usr/lib/modules/*/; do
-    kver=$(basename "$kdir")
-    grep -v '^\s*#' "$HERE/prune-modules.txt" | grep -v '^\s*$' | while read -r sub; do
-      rm -rf "${kdir}kernel/$sub"
-    done
-    in_root depmod -a "$kver"
-  done
 }
 
 install_system() {
@@ -255,44 +172,14 @@ EOF
   mcopy -s -p -m -i "$WORK/esp.img" "$esp"/* ::/
 }
 
-make_root() {
-  local used
-  rm -f "$WORK/root.img"
-  used=$(du -sm --apparent-size "$ROOT" | cut -f1)
-  ROOT_MB=$(( (used * 115 / 100) + ROOT_FREE_MB ))
-  echo "root: ${used} MiB used, filesystem ${ROOT_MB} MiB"
-  echo "$ROOT_MB" >"$WORK/root.mb"
-  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -L outpost-root -U "$ROOT_FSUUID" \
-    -E "hash_seed=$ROOT_FSUUID,root_owner=0:0" -d "$ROOT" "$WORK/root.img" "${ROOT_MB}M"
-}
+make_root() { make_root_fs outpost-root "$ROOT_FSUUID"; }
 
 make_disk() {
-  local root_mb total raw=$WORK/disk.raw
-  root_mb=$(cat "$WORK/root.mb")
-  total=$((1 + ESP_MB + root_mb + STATE_MB + 1))
-  rm -f "$raw"
-  truncate -s "${total}M" "$raw"
-  sfdisk --quiet "$raw" <<EOF
-label: gpt
-label-id: $DISK_UUID
-start=1MiB, size=${ESP_MB}MiB, type=$GPT_ESP, uuid=$ESP_PARTUUID, name="esp"
-start=$((1 + ESP_MB))MiB, size=${root_mb}MiB, type=$GPT_ROOT_X86_64, uuid=$ROOT_PARTUUID, name="outpost-root"
-start=$((1 + ESP_MB + root_mb))MiB, size=${STATE_MB}MiB, type=$GPT_LINUX_DATA, uuid=$STATE_PARTUUID, name="outpost-state"
-EOF
-  dd if="$WORK/esp.img" of="$raw" bs=1M seek=1 conv=notrunc,sparse status=none
-  dd if="$WORK/root.img" of="$raw" bs=1M seek=$((1 + ESP_MB)) conv=notrunc,sparse status=none
-  rm -f "$OUT/outpost.qcow2.part"
-  qemu-img convert -O qcow2 "$raw" "$OUT/outpost.qcow2.part"
-  mv "$OUT/outpost.qcow2.part" "$OUT/outpost.qcow2"
-  rm -f "$raw" "$WORK/esp.img" "$WORK/root.img"
+  make_gpt_disk "$OUT/outpost.qcow2" "$DISK_UUID" "$ESP_PARTUUID" "$ROOT_PARTUUID" outpost-root \
+    "$STATE_MB $GPT_LINUX_DATA $STATE_PARTUUID outpost-state"
 }
 
-if [[ -f $BASE && -z ${FRESH:-} ]]; then
-  STEP=$((STEP + 1))
-  printf '[%d/%d] Debian base: cached %s\n' "$STEP" "$STEPS" "${BASE#"$REPO"/}"
-else
-  step "Debian base with mmdebstrap ($SUITE, $(packages | tr ',' '\n' | wc -l) packages; cached after)" build_base
-fi
+base_step "$BASE" "$HERE/packages.txt"
 step "Outpost wheels (this tree + dependencies from PyPI)" build_wheels
 step "Unpack the base" unpack
 step "Outpost venv in /opt/outpost (no network: the wheels only)" install_outpost

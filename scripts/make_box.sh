@@ -14,7 +14,7 @@ DEST=$OUT/box
 BOX_NAME=${BOX_NAME:-outpost/debian12}
 BOX=$DEST/outpost-debian12.box
 
-if [[ ! -f $PLAIN || $REPO/image/build-plain.sh -nt $PLAIN ]] ||
+if [[ ! -f $PLAIN || $REPO/image/build-plain.sh -nt $PLAIN || $REPO/image/lib.sh -nt $PLAIN ]] ||
    [[ -n $(find "$REPO/image/plain" -newer "$PLAIN" -type f -print -quit) ]]; then
   bash "$REPO/image/build-plain.sh"
 fi

@@ -53,8 +53,8 @@ def record(**figures: object) -> None:
 
 def plain_image() -> Path:
     """The plain VM image, (re)built when missing or older than its inputs."""
-    inputs = [REPO / "image/build-plain.sh", *(p for p in (REPO / "image/plain").rglob("*")
-                                               if p.is_file())]
+    inputs = [REPO / "image/build-plain.sh", REPO / "image/lib.sh",
+              *(p for p in (REPO / "image/plain").rglob("*") if p.is_file())]
     if PLAIN.exists() and all(p.stat().st_mtime <= PLAIN.stat().st_mtime for p in inputs):
         return PLAIN
     subprocess.run(["bash", str(REPO / "image/build-plain.sh")], check=True)
