@@ -28,6 +28,7 @@ from appliance.core.charging import CostPolicy, affordable, price_impressions
 from appliance.core.deferreds import observe
 from appliance.core.jobs import FINDME, JobError, PrintService
 from appliance.core.model import Device, Job, JobState
+from appliance.storage.disk import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,13 @@ class ReleaseService:
         device_ready: Callable[[str], str | None] | None = None,
         print_watch: PrintWatch | None = None,
         offline_gate: Any = None,
+        full_disk_retry: float = 30.0,
     ) -> None:
         self.jobs = jobs
+        #: A job that printed but could not be charged because the disk was full stays
+        #: PROCESSING and is followed again this often until its charge commits (the
+        #: same entry id: charged once), not only at the next restart.
+        self.full_disk_retry = full_disk_retry
         #: core.allowance.OfflineGate: offline, releases are authorised against the
         #: allowance instead of the balance (docs/offline-allowance.md).
         self.offline_gate = offline_gate
@@ -226,8 +232,13 @@ class ReleaseService:
             return result
 
         def broken(failure: Failure) -> JobResult:
-            # A bug while following: keep the job as it is (PROCESSING), charge nothing
-            # here; the restart recovery follows it again.
+            # Keep the job as it is (PROCESSING), charge nothing here. A full disk: follow
+            # it again until the charge commits; a bug: the restart recovery follows it.
+            if failure.check(DiskFull):
+                self._retry_when_space_returns(job.id)
+                return JobResult(job.id, True, processing=True,
+                                 message="printed; it is charged once the site's disk has "
+                                 "space again")
             log.error("following job %d failed: %s", job.id, failure.getTraceback())
             return JobResult(job.id, False, "internal_error", "could not follow the job")
 
@@ -411,15 +422,47 @@ class ReleaseService:
     async def recover(self) -> None:
         """Jobs that were printing when the site stopped: follow those we can, hold the rest."""
         for job in await self.store.jobs(states=(JobState.PROCESSING,)):
-            device = self.devices().get(job.device or "")
-            if device is None or not job.remote_job_uri:
-                await self._back_to_queue(job, "interrupted by a restart before printing")
-                continue
-            user = await self.store.user_by_name(job.owner)
-            account_id = user.account_id if user else await self.store.unattributed_account()
-            following = defer.ensureDeferred(
-                self._follow(job, device, job.remote_job_uri, account_id,
-                             self.policies(device.name))
-            )
-            following.addErrback(lambda f: log.error("following after restart: %s",
-                                                     f.getTraceback()))
+            await self._follow_again(job)
+
+    async def _follow_again(self, job: Job) -> None:
+        """Follow a PROCESSING job from its stored handle (after a restart, or after its
+        charge failed on a full disk); without a device or a handle, hold it again."""
+        device = self.devices().get(job.device or "")
+        if device is None or not job.remote_job_uri:
+            await self._back_to_queue(job, "interrupted by a restart before printing")
+            return
+        user = await self.store.user_by_name(job.owner)
+        account_id = user.account_id if user else await self.store.unattributed_account()
+        following = defer.ensureDeferred(
+            self._follow(job, device, job.remote_job_uri, account_id,
+                         self.policies(device.name)))
+        self._following[job.id] = following
+        following.addErrback(self._refollow_failed, job.id)
+
+        def forget(_: Any) -> None:
+            self._following.pop(job.id, None)
+
+        following.addBoth(forget)
+
+    def _refollow_failed(self, failure: Failure, job_id: int) -> None:
+        if failure.check(DiskFull):
+            self._retry_when_space_returns(job_id)
+        else:
+            log.error("following job %d again: %s", job_id, failure.getTraceback())
+
+    def _retry_when_space_returns(self, job_id: int) -> None:
+        """Follow the job again after `full_disk_retry` seconds, while it is still
+        PROCESSING and nobody else follows it; a full disk again schedules the next try."""
+        log.warning("job %d printed but its charge could not be written (disk full); "
+                    "trying again in %.0f s", job_id, self.full_disk_retry)
+
+        async def again() -> None:
+            job = await self.store.job(job_id)
+            if job is not None and job.state == JobState.PROCESSING \
+                    and job_id not in self._following:
+                await self._follow_again(job)
+
+        def attempt() -> None:
+            defer.ensureDeferred(again()).addErrback(self._refollow_failed, job_id)
+
+        self.reactor.callLater(self.full_disk_retry, attempt)

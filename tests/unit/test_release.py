@@ -152,3 +152,42 @@ async def test_the_page_counter_delta_is_what_is_charged(world, difference):
     adjustments = [r for r in rows if r["kind"] == "adjustment"]
     assert len(adjustments) == 1 and adjustments[0]["job_id"] == job.id
     assert (await world.store.job(job.id)).charged == 30 + 10 * difference
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_charge_refused_by_a_full_disk_is_written_once_space_returns(world):
+    """The MFD printed; writing the charge fails with SQLite's "database or disk is full"
+    twice (as a full disk does). The panel hears that the job printed and is charged
+    later; the job stays PROCESSING, is followed again every `full_disk_retry` seconds
+    without a restart, and is charged once (one ledger row) when the write goes through."""
+    import sqlite3
+
+    from appliance.core.model import JobState
+    from appliance.storage.disk import as_disk_full
+
+    world.release.full_disk_retry = 0.05
+    real_finish = world.store.finish_print
+    refusals = []
+
+    async def finish_print(*args, **kwargs):
+        if len(refusals) < 2:
+            refusals.append(1)
+            raise as_disk_full(sqlite3.OperationalError("database or disk is full"))
+        return await real_finish(*args, **kwargs)
+
+    world.store.finish_print = finish_print
+    job = await hold(world)
+    report = await release(world)
+    assert report.processing == [job.id] and report.charged == 0 and not report.failed
+    assert (await world.store.job(job.id)).state == JobState.PROCESSING
+    for _ in range(400):
+        if (await world.store.job(job.id)).state == JobState.COMPLETED:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert len(refusals) == 2, "followed again after each refusal"
+    assert (await world.store.job(job.id)).state == JobState.COMPLETED
+    assert await balance(world) == 970
+    charges = [r for r in await world.store.ledger_entries(world.user.account_id)
+               if r["kind"] == "charge"]
+    assert len(charges) == 1
+    assert world.driver.sent == [job.id], "printed once: only the charge was retried"
