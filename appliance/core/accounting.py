@@ -47,11 +47,12 @@ class AccountingService:
 
     async def authorise_copy(self, *, account_id: int, device: str, pages: int, colour: bool,
                              sides: str) -> CopyAuthorisation:
-        """How many of `pages` the user may copy now. Nothing is reserved."""
+        """How many of `pages` the user may copy now. Online nothing is reserved; offline
+        the cost of what fits is held against the allowance until the device reports."""
         per_page = usage_rate(self.policies(device), "copy", colour=colour, sides=sides)
         balance, overdraft = await self.store.balance(account_id)
         if self.offline_gate is not None:
-            verdict = await self.offline_gate.units(account_id, per_page, pages)
+            verdict = await self.offline_gate.units(account_id, per_page, pages, device)
             if verdict is not None:   # offline, with an allowance policy
                 fit = pages if verdict.max_units is None else verdict.max_units
                 return CopyAuthorisation(verdict.allowed, fit, per_page, per_page * pages,
@@ -76,4 +77,6 @@ class AccountingService:
         )
         if not result.body_matches:
             raise UsageError("conflict", f"usage id {usage_id} was reported with another body")
+        if self.offline_gate is not None and kind == "copy":
+            self.offline_gate.release_copy_hold(account_id, device)
         return UsageCharge(result.amount, result.balance, not result.inserted)

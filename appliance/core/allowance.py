@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -161,11 +162,20 @@ class OfflineGate:
     online rule is `reserved_elsewhere` (read only at a site with an uplink).
     """
 
-    def __init__(self, store: Any, offline: Callable[[], bool] | None = None) -> None:
+    #: How long an offline copy authorisation holds its cost when the device never
+    #: reports the copies (a panel that crashed mid-session): longer than a copy session.
+    COPY_HOLD_SECONDS = 600.0
+
+    def __init__(self, store: Any, offline: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.offline = offline
+        self.clock = clock
         #: Offline releases allowed and not yet charged, per account id (see `check`).
         self._held: dict[int, int] = {}
+        #: Offline copy authorisations not yet reported, per account id and device: the
+        #: authorised cost and until when it is held (see `units`).
+        self._copy_holds: dict[int, dict[str, tuple[int, float]]] = {}
         #: Refusals by policy since start (the site's own count; panels count theirs).
         self.denied = 0
 
@@ -186,7 +196,7 @@ class OfflineGate:
         if state is None:
             return None
         policy, position = state
-        held = self._held.get(account_id, 0)   # read after the await: no interleaving
+        held = self._held_total(account_id)   # read after the await: no interleaving
         if authorised(position, policy, cost + held):
             if hold:
                 self._held[account_id] = held + cost
@@ -215,15 +225,49 @@ class OfflineGate:
         else:
             self._held.pop(account_id, None)
 
-    async def units(self, account_id: int, per_unit: int, wanted: int) -> Verdict | None:
+    def _held_total(self, account_id: int, except_device: str | None = None) -> int:
+        """What is held for the account: releases not yet charged, and copy authorisations
+        not yet reported (but not `except_device`'s: a new authorisation replaces it)."""
+        held = self._held.get(account_id, 0)
+        holds = self._copy_holds.get(account_id)
+        if holds:
+            now = self.clock()
+            for device, (amount, until) in list(holds.items()):
+                if until <= now:
+                    del holds[device]
+                elif device != except_device:
+                    held += amount
+            if not holds:
+                del self._copy_holds[account_id]
+        return held
+
+    def release_copy_hold(self, account_id: int, device: str) -> None:
+        """The device reported its copies (charged as reported): its hold ends."""
+        holds = self._copy_holds.get(account_id)
+        if holds is not None:
+            holds.pop(device, None)
+            if not holds:
+                del self._copy_holds[account_id]
+
+    async def units(self, account_id: int, per_unit: int, wanted: int,
+                    device: str | None = None) -> Verdict | None:
+        """Offline, how many of `wanted` units fit. With `device` (a copy authorisation),
+        the cost of what fits is held for that device until it reports its usage (or
+        COPY_HOLD_SECONDS pass), so that copy sessions on one account at two devices are
+        checked against what is left after each other, as releases are."""
         state = await self._offline_position(account_id)
         if state is None:
             return None
         policy, position = state
-        held = self._held.get(account_id, 0)   # releases allowed, not yet charged
+        held = self._held_total(account_id, except_device=device)
         fit = affordable_units(position, policy, per_unit, wanted) if not held else (
             wanted if per_unit <= 0 else
             max(0, min(wanted, (position.headroom(policy) - held) // per_unit)))
+        if device is not None:
+            self.release_copy_hold(account_id, device)
+            if fit > 0 and per_unit > 0:
+                self._copy_holds.setdefault(account_id, {})[device] = (
+                    fit * per_unit, self.clock() + self.COPY_HOLD_SECONDS)
         if fit == wanted:
             return Verdict(True, max_units=fit)
         self.denied += 1

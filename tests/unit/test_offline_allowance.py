@@ -369,6 +369,40 @@ async def test_copies_offline_and_usage_past_the_allowance_is_charged_as_over(si
 
 
 @pytest_twisted.ensureDeferred
+async def test_offline_copy_sessions_on_one_account_at_two_devices_share_one_headroom(site):
+    """Grant 55, deny. A copy authorisation holds the cost of what fits for its device
+    until that device reports: a second device then gets only what is left (without the
+    hold both would be told 5 pages and 100 would be spent on a grant of 55). A report
+    ends the hold, a new authorisation at the same device replaces its own, and a device
+    that never reports holds only for COPY_HOLD_SECONDS."""
+    now = [1000.0]
+    site.gate.clock = lambda: now[0]
+    site.go_offline(OfflinePolicy("deny"), 55)
+    account = site.user.account_id
+
+    async def authorise(device, pages):
+        auth = await site.accounting.authorise_copy(
+            account_id=account, device=device, pages=pages, colour=False, sides="one-sided")
+        return auth.allowed, auth.max_pages
+
+    assert await authorise("mfd-1", 5) == (True, 5)           # holds 50
+    assert await authorise("mfd-2", 5) == (False, 0)          # 5 left: not a page
+    assert await authorise("mfd-1", 3) == (True, 3)           # replaces its own: holds 30
+    assert await authorise("mfd-2", 5) == (False, 2)          # 25 left; holds 20
+    await site.accounting.report_usage(
+        usage_id="c1", device="mfd-1", user_id=site.user.id, account_id=account,
+        kind="copy", pages=3, colour=False, sides="one-sided")  # charged 30, hold ends
+    assert await authorise("mfd-1", 1) == (False, 0)          # 55 - 30 - 20 held: 5 left
+    assert site.gate._copy_holds[account] == {"mfd-2": (20, 1600.0)}
+    # mfd-2 never reports: its hold lapses; mfd-1 reports nothing either.
+    now[0] += site.gate.COPY_HOLD_SECONDS
+    assert await authorise("mfd-2", 3) == (False, 2), "55 - 30 charged: 2 pages fit"
+    assert ledger(site) == [(-30, {"grant": "site-a/1", "over": 0})]
+    site.state.offline = False
+    assert await authorise("mfd-1", 50) == (True, 50), "online: the balance decides"
+
+
+@pytest_twisted.ensureDeferred
 async def test_online_a_site_leaves_other_sites_reserves_and_uses_its_own_grant_up(site):
     """Online with a policy: money another site holds in reserve is not spendable here,
     and what is spent here online uses this site's grant up (no ledger tag online), so a
