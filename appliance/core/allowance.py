@@ -199,7 +199,7 @@ class OfflineGate:
         held = self._held_total(account_id)   # read after the await: no interleaving
         if authorised(position, policy, cost + held):
             if hold:
-                self._held[account_id] = held + cost
+                self.add_hold(account_id, cost)
             return Verdict(True)
         self.denied += 1
         message = (f"offline: costs {cost}, the offline allowance left is "
@@ -217,6 +217,12 @@ class OfflineGate:
             return 0
         reserved: int = await self.store.reserved_elsewhere(account_id)
         return reserved
+
+    def add_hold(self, account_id: int, amount: int) -> None:
+        """Hold `amount` for a release on its way until `release_hold`: one `check`
+        allowed, or a job that was printing when the site restarted, followed again."""
+        if amount > 0:
+            self._held[account_id] = self._held.get(account_id, 0) + amount
 
     def release_hold(self, account_id: int, amount: int) -> None:
         left = self._held.get(account_id, 0) - amount

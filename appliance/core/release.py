@@ -433,6 +433,11 @@ class ReleaseService:
             return
         user = await self.store.user_by_name(job.owner)
         account_id = user.account_id if user else await self.store.unattributed_account()
+        # Its cost is on its way to the ledger: offline, other releases and copies of the
+        # account must see it held, as they would had this process authorised it.
+        held = self.jobs.quote(job, device.name).cost if self.offline_gate is not None else 0
+        if held > 0:
+            self.offline_gate.add_hold(account_id, held)
         following = defer.ensureDeferred(
             self._follow(job, device, job.remote_job_uri, account_id,
                          self.policies(device.name)))
@@ -441,6 +446,8 @@ class ReleaseService:
 
         def forget(_: Any) -> None:
             self._following.pop(job.id, None)
+            if held > 0:
+                self.offline_gate.release_hold(account_id, held)
 
         following.addBoth(forget)
 

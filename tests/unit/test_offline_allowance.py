@@ -403,6 +403,59 @@ async def test_offline_copy_sessions_on_one_account_at_two_devices_share_one_hea
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_release_beside_a_copy_hold_releases_only_its_own_hold(site):
+    site.go_offline(OfflinePolicy("deny"), 100)
+    auth = await site.accounting.authorise_copy(
+        account_id=site.user.account_id, device="mfd-2", pages=2, colour=False,
+        sides="one-sided")
+    assert auth.allowed
+    job = await hold(site)
+    report = await site.release.release(owner="alice", account_id=site.user.account_id,
+                                        device_name="mfd-1", job_ids=[job.id])
+    assert report.released == [job.id]
+    assert site.gate._held == {}, "the release's hold ended with its charge"
+    holds = site.gate._copy_holds[site.user.account_id]
+    assert list(holds) == ["mfd-2"] and holds["mfd-2"][0] == 20, "the copy's hold stays"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_printing_across_a_restart_is_held_against_the_allowance(site):
+    """The site restarted (a fresh gate: nothing in memory) while a 30-job was printing
+    offline. recover() follows it again and holds its cost until it is charged, so a copy
+    authorisation meanwhile sees 55 - 30 = 25 left, not 55."""
+    site.go_offline(OfflinePolicy("deny"), 55)
+    job = await hold(site)
+    await site.store.update_job(job.id, state=JobState.PROCESSING, device="mfd-1",
+                                remote_job_uri="ipp://127.0.0.1:9/x#1", attempts=1)
+    done = []
+
+    class StillPrinting:
+        async def status(self, device, handle):
+            from appliance.core.release import DeviceJobStatus
+
+            return DeviceJobStatus("completed" if done else "processing", None)
+
+    site.release.drivers["ipp"] = StillPrinting()
+    await site.release.recover()
+    auth = await site.accounting.authorise_copy(
+        account_id=site.user.account_id, device="mfd-2", pages=5, colour=False,
+        sides="one-sided")
+    assert (auth.allowed, auth.max_pages) == (False, 2)
+    done.append(True)
+    for _ in range(500):   # until the job is charged and nobody follows it any more
+        if (await site.jobs.job(job.id)).state is JobState.COMPLETED \
+                and not site.release._following:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert ledger(site) == [(-30, {"grant": "site-a/1", "over": 0})]
+    assert site.gate._held == {}, "charged: the hold ended"
+    again = await site.accounting.authorise_copy(
+        account_id=site.user.account_id, device="mfd-2", pages=2, colour=False,
+        sides="one-sided")
+    assert (again.allowed, again.max_pages) == (True, 2)
+
+
+@pytest_twisted.ensureDeferred
 async def test_online_a_site_leaves_other_sites_reserves_and_uses_its_own_grant_up(site):
     """Online with a policy: money another site holds in reserve is not spendable here,
     and what is spent here online uses this site's grant up (no ledger tag online), so a
