@@ -57,6 +57,13 @@ class DeviceDriver(Protocol):
     async def status(self, device: Device, handle: str) -> DeviceJobStatus:
         """Where the device is with the job. Raises DeviceUnavailable."""
 
+    async def find(self, device: Device, job: Job, within: float,
+                   claimed: set[str]) -> str | None:
+        """After a crash between sending `job` and recording the device's handle: the
+        handle of the device's job that is this one (same name and owner, created in the
+        last `within` seconds by the device's own clock, not in `claimed`), or None when
+        the device has no such job or cannot say. Raises DeviceUnavailable."""
+
 
 class PrintWatch(Protocol):
     """Told when a job goes to a device and when the device is done with it (page-counter audit)."""
@@ -105,6 +112,10 @@ class ReleaseReport:
 
 
 class ReleaseService:
+    #: Seconds added to the time since an attempt began when asking a device which jobs it
+    #: created since (its clock counts whole seconds).
+    FIND_SLACK = 5.0
+
     def __init__(
         self,
         *,
@@ -424,13 +435,40 @@ class ReleaseService:
         for job in await self.store.jobs(states=(JobState.PROCESSING,)):
             await self._follow_again(job)
 
-    async def _follow_again(self, job: Job) -> None:
+    async def _follow_again(self, job: Job, finds_left: int = 20) -> None:
         """Follow a PROCESSING job from its stored handle (after a restart, or after its
-        charge failed on a full disk); without a device or a handle, hold it again."""
+        charge failed on a full disk). Without a handle the site stopped between sending
+        it and recording the device's answer: ask the device whether it has the job
+        (else a release would print it twice); not there, or no device: hold it again."""
         device = self.devices().get(job.device or "")
-        if device is None or not job.remote_job_uri:
+        if device is None:
             await self._back_to_queue(job, "interrupted by a restart before printing")
             return
+        if not job.remote_job_uri:
+            try:
+                handle = await self._find_on_device(device, job)
+            except DeviceUnavailable as exc:
+                if finds_left <= 1:
+                    await self._back_to_queue(job, f"{device.name} could not say whether "
+                                              f"it received the job: {exc}")
+                    return
+                log.warning("job %d: asking %s whether it received the job: %s; trying "
+                            "again in %.0f s", job.id, device.name, exc, self.full_disk_retry)
+                self.reactor.callLater(self.full_disk_retry, lambda: defer.ensureDeferred(
+                    self._follow_again(job, finds_left - 1)).addErrback(
+                        self._refollow_failed, job.id))
+                return
+            if handle is None:
+                await self._back_to_queue(job, "interrupted by a restart before printing")
+                return
+            log.warning("job %d: found on %s after a restart (%s); following it", job.id,
+                        device.name, handle)
+            found = await self.store.update_job(job.id, expect_states=(JobState.PROCESSING,),
+                                                remote_job_uri=handle)
+            if found is None:
+                return
+            job = found
+        assert job.remote_job_uri is not None
         user = await self.store.user_by_name(job.owner)
         account_id = user.account_id if user else await self.store.unattributed_account()
         # Its cost is on its way to the ledger: offline, other releases and copies of the
@@ -450,6 +488,17 @@ class ReleaseService:
                 self.offline_gate.release_hold(account_id, held)
 
         following.addBoth(forget)
+
+    async def _find_on_device(self, device: Device, job: Job) -> str | None:
+        """The device's handle for `job` if it received it (see DeviceDriver.find): jobs
+        it created since this attempt began, by name and owner, not already another job's
+        of this owner (their handles are `claimed`)."""
+        since = max(0.0, self.clock() - (job.processing_at or 0.0)) + self.FIND_SLACK
+        owner_jobs = await self.store.jobs(owner=job.owner, newest_first=True, limit=500)
+        claimed = {j.remote_job_uri for j in owner_jobs if j.remote_job_uri}
+        handle: str | None = await self.drivers[device.protocol].find(device, job, since,
+                                                                      claimed)
+        return handle
 
     def _refollow_failed(self, failure: Failure, job_id: int) -> None:
         if failure.check(DiskFull):

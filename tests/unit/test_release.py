@@ -54,8 +54,8 @@ class Watch:
                                counter_delta=impressions + self.difference)
 
 
-@pytest.fixture
-def world(tmp_path):
+def site_parts(tmp_path):
+    """A site's database (alice, balance 1000), store, spool and Find-Me print service."""
     database = Database(tmp_path / "site.db", reactor)
     database.open()
     store = SiteStore(database)
@@ -63,6 +63,12 @@ def world(tmp_path):
     spool = Spool(tmp_path / "spool", max_document=10**6, max_per_user=10**7, max_total=10**8)
     jobs = PrintService(store=store, spool=spool, queues=[Queue("findme", "findme")],
                         policies=lambda d: LAB_POLICY, reactor=reactor, use_ghostscript=False)
+    return database, store, user, jobs
+
+
+@pytest.fixture
+def world(tmp_path):
+    database, store, user, jobs = site_parts(tmp_path)
     driver = ScriptedDevice()
     devices = {n: Device(n, "ipp", f"ipp://127.0.0.1:9/{n}", True, True, "default", True)
                for n in ("mfd-1", "mfd-2")}

@@ -93,6 +93,47 @@ class IppDriver:
         )
 
 
+    async def find(self, device: Device, job: Job, within: float,
+                   claimed: set[str]) -> str | None:
+        """Get-Jobs (which-jobs=all, my-jobs): the newest job of the owner with the job's
+        name that the device created at most `within` seconds ago, by its own clock
+        (`job-printer-up-time` minus `time-at-creation`: no clock skew between site and
+        device), and whose handle is not in `claimed`."""
+        message = codec.request(
+            Operation.GET_JOBS, self.client.next_request_id(), device.uri, user=job.owner,
+            extra=[
+                codec.attr("which-jobs", ValueTag.KEYWORD, "all"),
+                codec.attr("my-jobs", ValueTag.BOOLEAN, True),
+                codec.attr("requested-attributes", ValueTag.KEYWORD, "job-id", "job-name",
+                           "job-originating-user-name", "time-at-creation",
+                           "job-printer-up-time"),
+            ],
+        )
+        try:
+            answer = await self.client.send(device.uri, message)
+        except IppClientError as exc:
+            raise DeviceUnavailable(str(exc)) from exc
+        if answer.code >= 0x0400:
+            raise DeviceUnavailable(f"Get-Jobs: {_status_name(answer.code)}")
+        name = job.name or f"job-{job.id}"
+        best: tuple[int, str] | None = None
+        for group in answer.groups_of(GroupTag.JOB):
+            values = {n: a.value for n, a in group.attributes.items()}
+            job_id, created = values.get("job-id"), values.get("time-at-creation")
+            up = values.get("job-printer-up-time")
+            if not (isinstance(job_id, int) and isinstance(created, int)
+                    and isinstance(up, int)):
+                continue
+            handle = f"{device.uri}#{job_id}"
+            if values.get("job-name") != name or handle in claimed \
+                    or values.get("job-originating-user-name") not in (None, job.owner) \
+                    or up - created > within:
+                continue
+            if best is None or job_id > best[0]:
+                best = (job_id, handle)
+        return best[1] if best else None
+
+
 def _status_name(code: int) -> str:
     try:
         return Status(code).name.lower().replace("_", "-")

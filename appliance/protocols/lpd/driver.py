@@ -52,3 +52,10 @@ class LpdDriver:
     async def status(self, device: Device, handle: str) -> DeviceJobStatus:
         """'completed' (impressions unknown): a handle exists only for an acknowledged job."""
         return DeviceJobStatus("completed", None, COMPLETED_MESSAGE)
+
+    async def find(self, device: Device, job: Job, within: float,
+                   claimed: set[str]) -> str | None:
+        """LPD cannot list a device's past jobs by name and owner: never found. A job
+        whose handle was not recorded before a crash goes back to the queue (a release
+        may then print it again; docs/wire/device-api.md says so)."""
+        return None
