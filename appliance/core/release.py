@@ -153,6 +153,9 @@ class ReleaseService:
         self.follow_timeout = follow_timeout
         self.clock = clock
         self._following: dict[int, defer.Deferred[JobResult]] = {}
+        #: Held while a device is asked for a job and the answer recorded (see
+        #: `_find_then_follow`).
+        self._finding = defer.DeferredLock()
 
     # ------------------------------------------------------------ Find-Me release
 
@@ -435,40 +438,21 @@ class ReleaseService:
         for job in await self.store.jobs(states=(JobState.PROCESSING,)):
             await self._follow_again(job)
 
-    async def _follow_again(self, job: Job, finds_left: int = 20) -> None:
+    async def _follow_again(self, job: Job) -> None:
         """Follow a PROCESSING job from its stored handle (after a restart, or after its
         charge failed on a full disk). Without a handle the site stopped between sending
-        it and recording the device's answer: ask the device whether it has the job
-        (else a release would print it twice); not there, or no device: hold it again."""
+        it and recording the device's answer: the device is asked, in the background (a
+        device that does not answer must not hold up the site's start), whether it has
+        the job (else a release would print it twice). No device: hold it again."""
         device = self.devices().get(job.device or "")
         if device is None:
             await self._back_to_queue(job, "interrupted by a restart before printing")
             return
         if not job.remote_job_uri:
-            try:
-                handle = await self._find_on_device(device, job)
-            except DeviceUnavailable as exc:
-                if finds_left <= 1:
-                    await self._back_to_queue(job, f"{device.name} could not say whether "
-                                              f"it received the job: {exc}")
-                    return
-                log.warning("job %d: asking %s whether it received the job: %s; trying "
-                            "again in %.0f s", job.id, device.name, exc, self.full_disk_retry)
-                self.reactor.callLater(self.full_disk_retry, lambda: defer.ensureDeferred(
-                    self._follow_again(job, finds_left - 1)).addErrback(
-                        self._refollow_failed, job.id))
-                return
-            if handle is None:
-                await self._back_to_queue(job, "interrupted by a restart before printing")
-                return
-            log.warning("job %d: found on %s after a restart (%s); following it", job.id,
-                        device.name, handle)
-            found = await self.store.update_job(job.id, expect_states=(JobState.PROCESSING,),
-                                                remote_job_uri=handle)
-            if found is None:
-                return
-            job = found
-        assert job.remote_job_uri is not None
+            asking = defer.ensureDeferred(self._find_then_follow(device, job))
+            asking.addErrback(self._refollow_failed, job.id)
+            return
+        handle = job.remote_job_uri
         user = await self.store.user_by_name(job.owner)
         account_id = user.account_id if user else await self.store.unattributed_account()
         # Its cost is on its way to the ledger: offline, other releases and copies of the
@@ -477,8 +461,7 @@ class ReleaseService:
         if held > 0:
             self.offline_gate.add_hold(account_id, held)
         following = defer.ensureDeferred(
-            self._follow(job, device, job.remote_job_uri, account_id,
-                         self.policies(device.name)))
+            self._follow(job, device, handle, account_id, self.policies(device.name)))
         self._following[job.id] = following
         following.addErrback(self._refollow_failed, job.id)
 
@@ -488,6 +471,39 @@ class ReleaseService:
                 self.offline_gate.release_hold(account_id, held)
 
         following.addBoth(forget)
+
+    async def _find_then_follow(self, device: Device, job: Job, finds_left: int = 20) -> None:
+        """Ask the device for the job (asked again every `full_disk_retry` seconds while it
+        cannot answer, `finds_left` times); found: record its handle and follow it; not
+        there: hold it again. One job at a time (`_finding`): two jobs of one owner with
+        one name must not both take the device's one job for theirs."""
+        found = await self._finding.run(
+            lambda: defer.ensureDeferred(self._find_and_record(device, job, finds_left)))
+        if found is not None:
+            await self._follow_again(found)
+
+    async def _find_and_record(self, device: Device, job: Job, finds_left: int) -> Job | None:
+        try:
+            handle = await self._find_on_device(device, job)
+        except DeviceUnavailable as exc:
+            if finds_left <= 1:
+                await self._back_to_queue(job, f"{device.name} could not say whether it "
+                                          f"received the job: {exc}")
+                return None
+            log.warning("job %d: asking %s whether it received the job: %s; trying again "
+                        "in %.0f s", job.id, device.name, exc, self.full_disk_retry)
+            self.reactor.callLater(self.full_disk_retry, lambda: defer.ensureDeferred(
+                self._find_then_follow(device, job, finds_left - 1)).addErrback(
+                    self._refollow_failed, job.id))
+            return None
+        if handle is None:
+            await self._back_to_queue(job, "interrupted by a restart before printing")
+            return None
+        log.warning("job %d: found on %s after a restart (%s); following it", job.id,
+                    device.name, handle)
+        found: Job | None = await self.store.update_job(
+            job.id, expect_states=(JobState.PROCESSING,), remote_job_uri=handle)
+        return found
 
     async def _find_on_device(self, device: Device, job: Job) -> str | None:
         """The device's handle for `job` if it received it (see DeviceDriver.find): jobs

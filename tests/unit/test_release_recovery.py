@@ -85,9 +85,10 @@ async def test_a_job_the_device_got_before_the_crash_is_followed_not_printed_aga
 
     restarted = world.release_service()
     await restarted.recover()
-    for _ in range(500):   # until it is charged and nobody follows it any more
+    for _ in range(500):   # until it is charged and nobody follows it, and the other held
         if (await world.store.job(got.id)).state is JobState.COMPLETED \
-                and not restarted._following:
+                and not restarted._following \
+                and (await world.store.job(never.id)).state is JobState.HELD:
             break
         await deferLater(reactor, 0.01, lambda: None)
     assert (await world.store.job(got.id)).state is JobState.COMPLETED, "followed and charged"
