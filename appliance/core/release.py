@@ -131,13 +131,14 @@ class ReleaseService:
         device_ready: Callable[[str], str | None] | None = None,
         print_watch: PrintWatch | None = None,
         offline_gate: Any = None,
-        full_disk_retry: float = 30.0,
+        retry_interval: float = 30.0,
     ) -> None:
         self.jobs = jobs
-        #: A job that printed but could not be charged because the disk was full stays
-        #: PROCESSING and is followed again this often until its charge commits (the
-        #: same entry id: charged once), not only at the next restart.
-        self.full_disk_retry = full_disk_retry
+        #: How often a PROCESSING job is tried again without a restart: one that printed
+        #: but whose charge the full disk refused (followed again until the charge
+        #: commits, under the same entry id: charged once), and one whose device could
+        #: not say after a restart whether it received it (asked again).
+        self.retry_interval = retry_interval
         #: core.allowance.OfflineGate: offline, releases are authorised against the
         #: allowance instead of the balance (docs/offline-allowance.md).
         self.offline_gate = offline_gate
@@ -473,7 +474,7 @@ class ReleaseService:
         following.addBoth(forget)
 
     async def _find_then_follow(self, device: Device, job: Job, finds_left: int = 20) -> None:
-        """Ask the device for the job (asked again every `full_disk_retry` seconds while it
+        """Ask the device for the job (asked again every `retry_interval` seconds while it
         cannot answer, `finds_left` times); found: record its handle and follow it; not
         there: hold it again. One job at a time (`_finding`): two jobs of one owner with
         one name must not both take the device's one job for theirs."""
@@ -491,8 +492,8 @@ class ReleaseService:
                                           f"received the job: {exc}")
                 return None
             log.warning("job %d: asking %s whether it received the job: %s; trying again "
-                        "in %.0f s", job.id, device.name, exc, self.full_disk_retry)
-            self.reactor.callLater(self.full_disk_retry, lambda: defer.ensureDeferred(
+                        "in %.0f s", job.id, device.name, exc, self.retry_interval)
+            self.reactor.callLater(self.retry_interval, lambda: defer.ensureDeferred(
                 self._find_then_follow(device, job, finds_left - 1)).addErrback(
                     self._refollow_failed, job.id))
             return None
@@ -523,10 +524,10 @@ class ReleaseService:
             log.error("following job %d again: %s", job_id, failure.getTraceback())
 
     def _retry_when_space_returns(self, job_id: int) -> None:
-        """Follow the job again after `full_disk_retry` seconds, while it is still
+        """Follow the job again after `retry_interval` seconds, while it is still
         PROCESSING and nobody else follows it; a full disk again schedules the next try."""
         log.warning("job %d printed but its charge could not be written (disk full); "
-                    "trying again in %.0f s", job_id, self.full_disk_retry)
+                    "trying again in %.0f s", job_id, self.retry_interval)
 
         async def again() -> None:
             job = await self.store.job(job_id)
@@ -537,4 +538,4 @@ class ReleaseService:
         def attempt() -> None:
             defer.ensureDeferred(again()).addErrback(self._refollow_failed, job_id)
 
-        self.reactor.callLater(self.full_disk_retry, attempt)
+        self.reactor.callLater(self.retry_interval, attempt)

@@ -164,14 +164,14 @@ async def test_the_page_counter_delta_is_what_is_charged(world, difference):
 async def test_a_charge_refused_by_a_full_disk_is_written_once_space_returns(world):
     """The MFD printed; writing the charge fails with SQLite's "database or disk is full"
     twice (as a full disk does). The panel hears that the job printed and is charged
-    later; the job stays PROCESSING, is followed again every `full_disk_retry` seconds
+    later; the job stays PROCESSING, is followed again every `retry_interval` seconds
     without a restart, and is charged once (one ledger row) when the write goes through."""
     import sqlite3
 
     from appliance.core.model import JobState
     from appliance.storage.disk import as_disk_full
 
-    world.release.full_disk_retry = 0.05
+    world.release.retry_interval = 0.05
     real_finish = world.store.finish_print
     refusals = []
 
